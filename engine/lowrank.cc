@@ -1,0 +1,136 @@
+#include "engine/lowrank.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "engine/thread_pool.h"
+
+namespace eora {
+
+absl::StatusOr<std::shared_ptr<const LowRankAdapter>> LowRankAdapter::Create(
+    std::string name, const ModelConfig& config,
+    std::vector<std::array<LowRankFactors, kNumModules>> layers) {
+  if (static_cast<int>(layers.size()) != config.n_layers)
+    return absl::InvalidArgumentError(absl::StrCat("adapter '", name, "' has ", layers.size(),
+                                                   " layers, the model has ", config.n_layers));
+  const int in_dims[kNumModules] = {config.dim, config.dim,     config.dim,    config.q_dim(),
+                                    config.dim, config.dim,     config.ffn_dim};
+  const int out_dims[kNumModules] = {config.q_dim(), config.kv_dim(), config.kv_dim(), config.dim,
+                                     config.ffn_dim, config.ffn_dim,  config.dim};
+  auto adapter = std::shared_ptr<LowRankAdapter>(new LowRankAdapter());
+  adapter->name_ = std::move(name);
+  int rank = -1;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    for (int m = 0; m < kNumModules; ++m) {
+      const LowRankFactors& f = layers[l][m];
+      const std::string where =
+          absl::StrCat("adapter '", adapter->name_, "' layers.", l, ".",
+                       ModuleParent(static_cast<Module>(m)), ".", ModuleName(static_cast<Module>(m)));
+      if (!f.a && !f.bt) continue;
+      if (!f.a || !f.bt)
+        return absl::InvalidArgumentError(absl::StrCat(where, ": has only one of A and B"));
+      if (f.a->rows() != f.bt->rows())
+        return absl::InvalidArgumentError(absl::StrCat(where, ": A has rank ", f.a->rows(),
+                                                       " but B has rank ", f.bt->rows()));
+      if (f.a->cols() != in_dims[m] || f.bt->cols() != out_dims[m])
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": factors are A [", f.a->rows(), ", ", f.a->cols(), "], B [",
+                         f.bt->cols(), ", ", f.bt->rows(), "]; the module is [", out_dims[m], ", ",
+                         in_dims[m], "]"));
+      if (f.a->rows() <= 0)
+        return absl::InvalidArgumentError(absl::StrCat(where, ": rank must be positive"));
+      if (rank >= 0 && f.a->rows() != rank)
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": rank ", f.a->rows(), " differs from the adapter's rank ", rank));
+      rank = f.a->rows();
+    }
+  }
+  if (rank < 0)
+    return absl::InvalidArgumentError(
+        absl::StrCat("adapter '", adapter->name_, "' adapts no module"));
+  adapter->max_rank_ = rank;
+  adapter->layers_ = std::move(layers);
+  return std::shared_ptr<const LowRankAdapter>(std::move(adapter));
+}
+
+size_t LowRankAdapter::bytes() const {
+  size_t b = 0;
+  for (const auto& l : layers_)
+    for (const auto& f : l)
+      if (f.a) b += f.a->StorageBytes() + f.bt->StorageBytes();
+  return b;
+}
+
+size_t LowRankAdapter::BytesPerToken(int r) const {
+  if (max_rank_ == 0) return 0;
+  r = std::clamp(r, 0, max_rank_);
+  return bytes() * static_cast<size_t>(r) / max_rank_;
+}
+
+void ApplyLowRank(const std::vector<LowRankSegment>& segments, int layer, Module module,
+                  const float* x, int ldx, float* y, int ldy, ThreadPool* pool,
+                  LowRankScratch* scratch) {
+  // Active segments and their offsets into the u buffer.
+  struct Active {
+    const LowRankSegment* seg;
+    const LowRankFactors* f;
+    int r;
+    size_t u_off;
+  };
+  std::vector<Active> active;
+  size_t u_size = 0;
+  for (const auto& s : segments) {
+    if (s.adapter == nullptr || s.rank <= 0 || s.end <= s.begin) continue;
+    const LowRankFactors& f = s.adapter->factors(layer, module);
+    if (!f.a) continue;
+    const int r = std::min(s.rank, f.rank());
+    active.push_back({&s, &f, r, u_size});
+    u_size += static_cast<size_t>(s.end - s.begin) * r;
+  }
+  if (active.empty()) return;
+  scratch->u.resize(u_size);
+  float* u = scratch->u.data();
+
+  // u_s [rows_s][r_s] = x_s A[:r]^T. Work items: (segment, rank rows), split over threads
+  // by a flat index over all (segment, row) pairs.
+  std::vector<int64_t> starts;
+  int64_t total = 0;
+  for (const auto& a : active) {
+    starts.push_back(total);
+    total += a.r;
+  }
+  auto run_a = [&](int, int64_t b, int64_t e) {
+    for (size_t i = 0; i < active.size(); ++i) {
+      const int64_t lo = std::max<int64_t>(b, starts[i]);
+      const int64_t hi = std::min<int64_t>(e, starts[i] + active[i].r);
+      if (lo >= hi) continue;
+      const Active& a = active[i];
+      const int rows = a.seg->end - a.seg->begin;
+      MatMulInput in;
+      in.x = x + static_cast<size_t>(a.seg->begin) * ldx;
+      in.n = rows;
+      in.ldx = ldx;
+      QuantizedActivations qx;
+      if (a.f->a->WantsQuantizedInput()) {
+        qx.Quantize(in.x, rows, a.f->a->cols(), ldx);
+        in.qx = &qx;
+      }
+      a.f->a->MatMulRows(in, u + a.u_off, a.r, static_cast<int>(lo - starts[i]),
+                         static_cast<int>(hi - starts[i]));
+    }
+  };
+  if (pool) pool->ParallelFor(total, 1, run_a); else run_a(0, 0, total);
+
+  // y_s += u_s Bt[:r]: split output columns over threads.
+  const int out = active[0].f->bt->cols();
+  auto run_b = [&](int, int64_t c0, int64_t c1) {
+    for (const auto& a : active) {
+      a.f->bt->AccumulateTransposed(u + a.u_off, a.r, a.seg->end - a.seg->begin, a.r,
+                                    y + static_cast<size_t>(a.seg->begin) * ldy, ldy,
+                                    static_cast<int>(c0), static_cast<int>(c1));
+    }
+  };
+  if (pool) pool->ParallelFor(out, 16, run_b); else run_b(0, 0, out);
+}
+
+}  // namespace eora

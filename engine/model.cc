@@ -1,0 +1,251 @@
+#include "engine/model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace eora {
+namespace {
+
+void RmsNorm(const float* x, const float* w, int dim, float eps, float* out) {
+  double ss = 0;
+  for (int i = 0; i < dim; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float inv = 1.0f / std::sqrt(static_cast<float>(ss / dim) + eps);
+  for (int i = 0; i < dim; ++i) out[i] = x[i] * inv * w[i];
+}
+
+// Rotates one head vector in place. cos/sin hold head_dim/2 values for the position.
+void Rope(float* v, int head_dim, RopeStyle style, const float* cs, const float* sn) {
+  const int half = head_dim / 2;
+  if (style == RopeStyle::kInterleaved) {
+    for (int i = 0; i < half; ++i) {
+      const float a = v[2 * i], b = v[2 * i + 1];
+      v[2 * i] = a * cs[i] - b * sn[i];
+      v[2 * i + 1] = a * sn[i] + b * cs[i];
+    }
+  } else {
+    for (int i = 0; i < half; ++i) {
+      const float a = v[i], b = v[i + half];
+      v[i] = a * cs[i] - b * sn[i];
+      v[i + half] = a * sn[i] + b * cs[i];
+    }
+  }
+}
+
+inline float Dot(const float* a, const float* b, int n) {
+  float s = 0.f;
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace
+
+double LogProb(const float* logits, int vocab, int target) {
+  float mx = logits[0];
+  for (int i = 1; i < vocab; ++i) mx = std::max(mx, logits[i]);
+  double sum = 0;
+  for (int i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i]) - mx);
+  return static_cast<double>(logits[target]) - mx - std::log(sum);
+}
+
+Model::Model(std::shared_ptr<const ModelWeights> weights, ThreadPool* pool)
+    : weights_(std::move(weights)), pool_(pool) {}
+
+absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache,
+                            std::vector<float>* logits) {
+  const ModelConfig& c = weights_->config;
+  logits->clear();
+  // ---- Validate everything before touching the cache.
+  int T = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SequenceChunk& ch = batch[i];
+    if (ch.kv == nullptr)
+      return absl::InvalidArgumentError(absl::StrCat("batch entry ", i, " has no KV sequence"));
+    for (int tok : ch.tokens)
+      if (tok < 0 || tok >= c.vocab_size)
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", tok, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    if (ch.kv->length() + static_cast<int>(ch.tokens.size()) > c.max_seq_len)
+      return absl::OutOfRangeError(absl::StrCat(
+          "sequence would reach ", ch.kv->length() + ch.tokens.size(),
+          " tokens, over the model's context of ", c.max_seq_len));
+    if (ch.adapter != nullptr) {
+      if (ch.rank < 0 || ch.rank > ch.adapter->max_rank())
+        return absl::InvalidArgumentError(absl::StrCat("rank ", ch.rank, " is outside [0, ",
+                                                       ch.adapter->max_rank(), "] of adapter '",
+                                                       ch.adapter->name(), "'"));
+      if (ch.adapter->num_layers() != c.n_layers)
+        return absl::FailedPreconditionError(
+            absl::StrCat("adapter '", ch.adapter->name(), "' does not match the model"));
+    }
+    T += static_cast<int>(ch.tokens.size());
+  }
+  if (T == 0) return absl::OkStatus();
+  for (size_t i = 0; i < batch.size(); ++i) {
+    absl::Status s = cache->Reserve(batch[i].kv, static_cast<int>(batch[i].tokens.size()));
+    if (!s.ok()) {
+      for (size_t j = 0; j < i; ++j) cache->Truncate(batch[j].kv, batch[j].kv->length());
+      return s;
+    }
+  }
+
+  const int dim = c.dim, hd = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.ffn_dim;
+  const int half = hd / 2;
+  const int group = c.n_heads / c.n_kv_heads;
+  x_.resize(static_cast<size_t>(T) * dim);
+  xn_.resize(static_cast<size_t>(T) * dim);
+  q_.resize(static_cast<size_t>(T) * qd);
+  k_.resize(static_cast<size_t>(T) * kvd);
+  v_.resize(static_cast<size_t>(T) * kvd);
+  att_.resize(static_cast<size_t>(T) * qd);
+  tmp_.resize(static_cast<size_t>(T) * dim);
+  gate_.resize(static_cast<size_t>(T) * ffn);
+  up_.resize(static_cast<size_t>(T) * ffn);
+  pos_.resize(T);
+  rope_cos_.resize(static_cast<size_t>(T) * half);
+  rope_sin_.resize(static_cast<size_t>(T) * half);
+
+  // Token -> (chunk, position); segments of rows sharing an adapter and rank.
+  std::vector<int> chunk_of(T);
+  std::vector<LowRankSegment> segments;
+  {
+    int t = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const SequenceChunk& ch = batch[i];
+      const int n = static_cast<int>(ch.tokens.size());
+      if (ch.adapter != nullptr && ch.rank > 0) {
+        if (!segments.empty() && segments.back().end == t &&
+            segments.back().adapter == ch.adapter && segments.back().rank == ch.rank)
+          segments.back().end = t + n;
+        else
+          segments.push_back({t, t + n, ch.adapter, ch.rank});
+      }
+      for (int j = 0; j < n; ++j, ++t) {
+        chunk_of[t] = static_cast<int>(i);
+        pos_[t] = ch.kv->length() + j;
+        weights_->token_embedding->DequantizeRow(ch.tokens[j], x_.data() + static_cast<size_t>(t) * dim);
+      }
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    for (int i = 0; i < half; ++i) {
+      const double freq = std::pow(static_cast<double>(c.rope_theta), -2.0 * i / hd);
+      const double ang = pos_[t] * freq;
+      rope_cos_[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(ang));
+      rope_sin_[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(ang));
+    }
+  }
+
+  auto lowrank = [&](int layer, Module m, const float* in, int ldin, float* out, int ldout) {
+    if (!segments.empty()) ApplyLowRank(segments, layer, m, in, ldin, out, ldout, pool_, &lr_);
+  };
+  auto norm_rows = [&](const std::vector<float>& w) {
+    pool_->ParallelFor(T, 1, [&](int, int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t)
+        RmsNorm(x_.data() + t * dim, w.data(), dim, c.norm_eps, xn_.data() + t * dim);
+    });
+  };
+  const float att_scale = 1.0f / std::sqrt(static_cast<float>(hd));
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& L = weights_->layers[l];
+    // ---- Attention block.
+    norm_rows(L.attn_norm);
+    MatMulShared({{&L.w(Module::kQ), q_.data(), qd},
+                  {&L.w(Module::kK), k_.data(), kvd},
+                  {&L.w(Module::kV), v_.data(), kvd}},
+                 xn_.data(), T, dim, pool_, &mm_);
+    lowrank(l, Module::kQ, xn_.data(), dim, q_.data(), qd);
+    lowrank(l, Module::kK, xn_.data(), dim, k_.data(), kvd);
+    lowrank(l, Module::kV, xn_.data(), dim, v_.data(), kvd);
+    // RoPE, then store k/v in the cache.
+    pool_->ParallelFor(T, 1, [&](int, int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) {
+        const float* cs = rope_cos_.data() + t * half;
+        const float* sn = rope_sin_.data() + t * half;
+        for (int h = 0; h < c.n_heads; ++h) Rope(q_.data() + t * qd + h * hd, hd, c.rope_style, cs, sn);
+        for (int h = 0; h < c.n_kv_heads; ++h)
+          Rope(k_.data() + t * kvd + h * hd, hd, c.rope_style, cs, sn);
+        const KvSequence& seq = *batch[chunk_of[t]].kv;
+        std::copy_n(k_.data() + t * kvd, kvd, cache->Key(seq, l, pos_[t]));
+        std::copy_n(v_.data() + t * kvd, kvd, cache->Value(seq, l, pos_[t]));
+      }
+    });
+    // Causal attention: token t attends to positions [0, pos_t] of its sequence.
+    pool_->ParallelFor(static_cast<int64_t>(T) * c.n_heads, 1, [&](int, int64_t b, int64_t e) {
+      std::vector<float> scores;
+      for (int64_t th = b; th < e; ++th) {
+        const int t = static_cast<int>(th / c.n_heads);
+        const int h = static_cast<int>(th % c.n_heads);
+        const int kvh = h / group;
+        const KvSequence& seq = *batch[chunk_of[t]].kv;
+        const int n = pos_[t] + 1;
+        const float* qv = q_.data() + static_cast<size_t>(t) * qd + h * hd;
+        scores.resize(n);
+        float mx = -INFINITY;
+        for (int p = 0; p < n; ++p) {
+          scores[p] = Dot(qv, cache->Key(seq, l, p) + kvh * hd, hd) * att_scale;
+          mx = std::max(mx, scores[p]);
+        }
+        float sum = 0.f;
+        for (int p = 0; p < n; ++p) {
+          scores[p] = std::exp(scores[p] - mx);
+          sum += scores[p];
+        }
+        const float inv = 1.0f / sum;
+        float* out = att_.data() + static_cast<size_t>(t) * qd + h * hd;
+        std::fill_n(out, hd, 0.f);
+        for (int p = 0; p < n; ++p) {
+          const float w = scores[p] * inv;
+          const float* vv = cache->Value(seq, l, p) + kvh * hd;
+          for (int d = 0; d < hd; ++d) out[d] += w * vv[d];
+        }
+      }
+    });
+    MatMul(L.w(Module::kO), att_.data(), T, qd, tmp_.data(), dim, pool_, &mm_);
+    lowrank(l, Module::kO, att_.data(), qd, tmp_.data(), dim);
+    for (size_t i = 0; i < static_cast<size_t>(T) * dim; ++i) x_[i] += tmp_[i];
+
+    // ---- Feed-forward block (SwiGLU).
+    norm_rows(L.ffn_norm);
+    MatMulShared({{&L.w(Module::kGate), gate_.data(), ffn}, {&L.w(Module::kUp), up_.data(), ffn}},
+                 xn_.data(), T, dim, pool_, &mm_);
+    lowrank(l, Module::kGate, xn_.data(), dim, gate_.data(), ffn);
+    lowrank(l, Module::kUp, xn_.data(), dim, up_.data(), ffn);
+    for (size_t i = 0; i < static_cast<size_t>(T) * ffn; ++i) {
+      const float g = gate_[i];
+      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
+    }
+    MatMul(L.w(Module::kDown), gate_.data(), T, ffn, tmp_.data(), dim, pool_, &mm_);
+    lowrank(l, Module::kDown, gate_.data(), ffn, tmp_.data(), dim);
+    for (size_t i = 0; i < static_cast<size_t>(T) * dim; ++i) x_[i] += tmp_[i];
+  }
+
+  for (const SequenceChunk& ch : batch) cache->Advance(ch.kv, static_cast<int>(ch.tokens.size()));
+
+  // ---- Logits for the rows that want them.
+  std::vector<int> rows;
+  {
+    int t = 0;
+    for (const SequenceChunk& ch : batch) {
+      const int n = static_cast<int>(ch.tokens.size());
+      if (ch.logits == LogitsMode::kAll)
+        for (int j = 0; j < n; ++j) rows.push_back(t + j);
+      else if (ch.logits == LogitsMode::kLast && n > 0)
+        rows.push_back(t + n - 1);
+      t += n;
+    }
+  }
+  if (rows.empty()) return absl::OkStatus();
+  const int R = static_cast<int>(rows.size());
+  last_.resize(static_cast<size_t>(R) * dim);
+  for (int i = 0; i < R; ++i)
+    RmsNorm(x_.data() + static_cast<size_t>(rows[i]) * dim, weights_->output_norm.data(), dim,
+            c.norm_eps, last_.data() + static_cast<size_t>(i) * dim);
+  logits->resize(static_cast<size_t>(R) * c.vocab_size);
+  MatMul(*weights_->output, last_.data(), R, dim, logits->data(), c.vocab_size, pool_, &mm_);
+  return absl::OkStatus();
+}
+
+}  // namespace eora

@@ -1,0 +1,76 @@
+// The Llama-family forward pass over a batch of sequences.
+//
+// One call to Forward runs one step: every sequence in the batch contributes a
+// chunk of new tokens (a whole prompt for prefill, one token for decode, or any
+// mix), which are appended to that sequence's KV cache. All tokens of all
+// sequences go through each weight matrix together (one product per matrix per
+// step); attention is per sequence. Each sequence may use its own low-rank
+// adapter at its own rank.
+//
+// Threading contract: Forward is not reentrant (it reuses scratch buffers); call
+// it from one thread at a time. It parallelises internally on the ThreadPool.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/kv_cache.h"
+#include "engine/lowrank.h"
+#include "engine/matrix.h"
+#include "engine/model_weights.h"
+#include "engine/thread_pool.h"
+
+namespace eora {
+
+// Which logits a chunk wants back.
+enum class LogitsMode {
+  kNone,  // no logits (e.g. a prefill chunk that is not the last one)
+  kLast,  // logits of the chunk's last token
+  kAll,   // logits of every token of the chunk (perplexity)
+};
+
+// One sequence's part of a step. The KvSequence must belong to the KvCache passed
+// to Forward; the caller keeps both alive during the call.
+struct SequenceChunk {
+  KvSequence* kv = nullptr;
+  std::span<const int> tokens;  // appended at position kv->length()
+  const LowRankAdapter* adapter = nullptr;  // null: base model
+  int rank = 0;                             // <= adapter->max_rank(); 0 with no adapter
+  LogitsMode logits = LogitsMode::kLast;
+};
+
+class Model {
+ public:
+  // `pool` is not owned and must outlive the model.
+  Model(std::shared_ptr<const ModelWeights> weights, ThreadPool* pool);
+
+  const ModelConfig& config() const { return weights_->config; }
+  const ModelWeights& weights() const { return *weights_; }
+  std::shared_ptr<const ModelWeights> shared_weights() const { return weights_; }
+  ThreadPool* pool() const { return pool_; }
+
+  // Runs one step over `batch`. Appends logits to `logits` (cleared first): for each
+  // chunk in order, 0, 1 or len(tokens) rows of vocab_size floats per its mode.
+  // Fails (INVALID_ARGUMENT / RESOURCE_EXHAUSTED / OUT_OF_RANGE) without touching
+  // any cache if a token id, rank or context length is invalid or the cache is full.
+  absl::Status Forward(std::span<const SequenceChunk> batch, KvCache* cache,
+                       std::vector<float>* logits);
+
+ private:
+  std::shared_ptr<const ModelWeights> weights_;
+  ThreadPool* pool_;
+
+  // Scratch, reused across steps.
+  std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_, rope_cos_, rope_sin_, last_;
+  std::vector<int> pos_;
+  MatMulScratch mm_;
+  LowRankScratch lr_;
+};
+
+// Converts [n][vocab] logits into log-probabilities of `targets` (double precision
+// log-sum-exp). Helper for perplexity and tests.
+double LogProb(const float* logits, int vocab, int target);
+
+}  // namespace eora

@@ -1,0 +1,167 @@
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+
+#include "engine/model.h"
+#include "engine/model_loader.h"
+#include "engine/synthetic.h"
+#include "tools/cli_args.h"
+#include "tools/cli_common.h"
+#include "tools/commands.h"
+
+namespace eora::cli {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int RunBench(int argc, char** argv) {
+  const std::string cmd = "eora bench";
+  Args args(cmd,
+            "Measures prefill and decode speed. Prefill: each of --batch sequences feeds\n"
+            "--prompt-tokens random tokens in one forward step. Decode: then --gen-tokens\n"
+            "steps of one token per sequence. Reports the median of --reps runs.\n"
+            "weight_bytes is the bytes of weights (and adapter factors) read per decode step.");
+  args.Flag("model", "PATH", "", "a .gguf file or Hugging Face directory (or use --synthetic)");
+  args.Flag("synthetic", "NAME", "", "random weights with the shapes of stories260k, stories110m, llama2-7b or llama3-8b");
+  args.Flag("bits", "32|16|4|3|2", "", "weight storage: 32/16 dense float, 4/3/2 group-wise quantized (RTN); default: the model file's, or 16 for --synthetic");
+  args.Flag("group-size", "G", "64", "quantization group size (multiple of 32; 0 = per channel)");
+  args.Switch("sparse24", "prune linear weights to 2:4 (magnitude) before storing them");
+  args.Flag("lora-rank", "R", "0", "attach a random rank-R adapter to all linear layers; 0 = none");
+  args.Flag("lora-bits", "32|16|4|3", "16", "adapter factor storage");
+  args.Flag("batch", "B", "1", "sequences decoded together");
+  args.Flag("threads", "N", DefaultThreadsString(), "worker threads");
+  args.Flag("prompt-tokens", "P", "64", "prompt length per sequence");
+  args.Flag("gen-tokens", "G", "128", "decode steps");
+  args.Flag("reps", "N", "3", "repetitions (median reported)");
+  args.Flag("seed", "S", "1", "seed of synthetic weights and random prompts");
+  args.Switch("json", "print one JSON object instead of a table row");
+  int rc = 0;
+  if (!ParseOrExit(args, argc, argv, &rc)) return rc;
+  std::string err;
+  int64_t group, rank, lora_bits, batch, threads, ptoks, gtoks, reps, seed, bits = 0;
+  if (!args.Int("group-size", &group, &err) || !args.Int("lora-rank", &rank, &err) ||
+      !args.Int("lora-bits", &lora_bits, &err) || !args.Int("batch", &batch, &err) ||
+      !args.Int("threads", &threads, &err) || !args.Int("prompt-tokens", &ptoks, &err) ||
+      !args.Int("gen-tokens", &gtoks, &err) || !args.Int("reps", &reps, &err) ||
+      !args.Int("seed", &seed, &err) || (args.Has("bits") && !args.Int("bits", &bits, &err)))
+    return UsageError(cmd, err);
+  if (args.Has("model") == args.Has("synthetic"))
+    return UsageError(cmd, "give exactly one of --model and --synthetic");
+  if (args.Has("bits") && bits != 32 && bits != 16 && bits != 4 && bits != 3 && bits != 2)
+    return UsageError(cmd, "--bits must be 32, 16, 4, 3 or 2 (8-bit storage is not implemented)");
+  if (batch < 1 || threads < 1 || ptoks < 1 || gtoks < 0 || reps < 1 || rank < 0)
+    return UsageError(cmd, "--batch, --threads, --prompt-tokens, --reps must be >= 1; "
+                           "--gen-tokens, --lora-rank >= 0");
+  if (group < 0 || group % 32 != 0) return UsageError(cmd, "--group-size must be 0 or a multiple of 32");
+
+  std::shared_ptr<const ModelWeights> weights;
+  WeightStorage storage;
+  storage.group_size = static_cast<int>(group);
+  storage.sparse24 = args.Has("sparse24");
+  std::string name;
+  if (args.Has("synthetic")) {
+    name = args.Str("synthetic");
+    auto cfg = SyntheticConfig(name);
+    if (!cfg.ok()) return UsageError(cmd, std::string(cfg.status().message()));
+    storage.bits = args.Has("bits") ? static_cast<int>(bits) : 16;
+    std::fprintf(stderr, "bench: generating %s weights (bits %d) ...\n", name.c_str(), storage.bits);
+    auto w = MakeSyntheticModel(*cfg, storage, static_cast<uint64_t>(seed));
+    if (!w.ok()) return Fail(cmd, w.status());
+    weights = *w;
+  } else {
+    name = args.Str("model");
+    auto w = LoadModel(name);
+    if (!w.ok()) return Fail(cmd, w.status());
+    auto owned = std::make_shared<ModelWeights>(std::move(*w));
+    if (args.Has("bits") || storage.sparse24) {
+      storage.bits = args.Has("bits") ? static_cast<int>(bits) : 32;
+      auto conv = ConvertModelStorage(*owned, storage);
+      if (!conv.ok()) return Fail(cmd, conv.status());
+      weights = *conv;
+    } else {
+      weights = owned;
+    }
+  }
+  const ModelConfig& c = weights->config;
+  if (ptoks + gtoks > c.max_seq_len)
+    return UsageError(cmd, "--prompt-tokens + --gen-tokens exceeds the model context of " +
+                               std::to_string(c.max_seq_len));
+  std::shared_ptr<const LowRankAdapter> adapter;
+  if (rank > 0) {
+    WeightStorage fs;
+    fs.bits = static_cast<int>(lora_bits);
+    auto a = MakeRandomAdapter("bench", c, static_cast<int>(rank), fs, static_cast<uint64_t>(seed) + 7);
+    if (!a.ok()) return Fail(cmd, a.status());
+    adapter = *a;
+  }
+
+  ThreadPool pool(static_cast<int>(threads));
+  Model model(weights, &pool);
+  KvCache cache(c, batch * (ptoks + gtoks + 2 * KvCache::kBlockTokens));
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_int_distribution<int> tok(3, c.vocab_size - 1);
+  std::vector<double> prefill_s, decode_s;
+  std::vector<float> logits;
+  for (int64_t rep = 0; rep < reps + 1; ++rep) {  // first run is a warm-up
+    std::vector<KvSequence> seqs;
+    std::vector<std::vector<int>> prompts(batch);
+    seqs.reserve(batch);
+    std::vector<SequenceChunk> chunks;
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t i = 0; i < ptoks; ++i) prompts[b].push_back(tok(rng));
+      seqs.push_back(cache.NewSequence());
+      chunks.push_back({&seqs.back(), prompts[b], adapter.get(), static_cast<int>(rank),
+                        LogitsMode::kLast});
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    if (absl::Status s = model.Forward(chunks, &cache, &logits); !s.ok()) return Fail(cmd, s);
+    const auto t1 = std::chrono::steady_clock::now();
+    std::vector<int> next(batch);
+    for (int64_t g = 0; g < gtoks; ++g) {
+      for (int64_t b = 0; b < batch; ++b) {
+        next[b] = tok(rng);
+        chunks[b].tokens = std::span<const int>(&next[b], 1);
+      }
+      if (absl::Status s = model.Forward(chunks, &cache, &logits); !s.ok()) return Fail(cmd, s);
+    }
+    const auto t2 = std::chrono::steady_clock::now();
+    for (auto& s : seqs) cache.Free(&s);
+    if (rep == 0) continue;
+    prefill_s.push_back(Seconds(t0, t1));
+    decode_s.push_back(Seconds(t1, t2));
+  }
+  const double pre = static_cast<double>(batch * ptoks) / Median(prefill_s);
+  const double dec = gtoks > 0 ? static_cast<double>(batch * gtoks) / Median(decode_s) : 0.0;
+  const size_t wbytes = weights->DecodeBytesPerToken() + (adapter ? adapter->BytesPerToken(rank) : 0);
+  const double steps_per_s = dec / static_cast<double>(batch);
+  const double gbs = steps_per_s * static_cast<double>(wbytes) / 1e9;
+  const std::string fmt = weights->layers[0].linear[0]->Describe();
+  if (args.Has("json")) {
+    std::printf(
+        "{\"model\": \"%s\", \"format\": \"%s\", \"batch\": %lld, \"threads\": %lld, "
+        "\"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"lora_rank\": %lld, \"lora_bits\": %lld, "
+        "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, \"weight_bytes\": %zu, "
+        "\"decode_gb_s\": %.3f, \"isa\": \"%s\"}\n",
+        name.c_str(), fmt.c_str(), static_cast<long long>(batch), static_cast<long long>(threads),
+        static_cast<long long>(ptoks), static_cast<long long>(gtoks), static_cast<long long>(rank),
+        static_cast<long long>(lora_bits), pre, dec, wbytes, gbs, KernelIsaName());
+  } else {
+    std::printf("%-14s %-12s batch %-3lld threads %-2lld rank %-4lld prefill %9.1f tok/s  decode %9.1f tok/s  weights %8.2f MB/token  %6.2f GB/s  [%s]\n",
+                name.c_str(), fmt.c_str(), static_cast<long long>(batch),
+                static_cast<long long>(threads), static_cast<long long>(rank), pre, dec,
+                static_cast<double>(wbytes) / 1e6, gbs, KernelIsaName());
+  }
+  return 0;
+}
+
+}  // namespace eora::cli
