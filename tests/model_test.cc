@@ -1,0 +1,368 @@
+// Forward pass, KV cache, low-rank path, sampler and generator on small synthetic
+// models (real math, random weights).
+#include "engine/model.h"
+
+#include <cmath>
+#include <random>
+#include <set>
+
+#include "engine/generator.h"
+#include "engine/sampler.h"
+#include "engine/synthetic.h"
+#include "gtest/gtest.h"
+
+namespace eora {
+namespace {
+
+ModelConfig TinyConfig() {
+  ModelConfig c;
+  c.dim = 48;
+  c.n_layers = 2;
+  c.n_heads = 6;
+  c.n_kv_heads = 2;
+  c.head_dim = 8;
+  c.ffn_dim = 70;  // not a multiple of 32
+  c.vocab_size = 97;
+  c.max_seq_len = 64;
+  return c;
+}
+
+std::shared_ptr<ModelWeights> TinyModel(int bits = 32) {
+  WeightStorage s;
+  s.bits = bits;
+  s.group_size = 32;
+  auto w = MakeSyntheticModel(TinyConfig(), s, 42);
+  EXPECT_TRUE(w.ok()) << w.status();
+  // Larger weights than the default init so that logits differ visibly per position.
+  return *w;
+}
+
+std::vector<int> RandomTokens(int n, int seed, int vocab) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(0, vocab - 1);
+  std::vector<int> v(n);
+  for (auto& t : v) t = d(rng);
+  return v;
+}
+
+double MaxRelDiff(const float* a, const float* b, int n) {
+  double num = 0, den = 0;
+  for (int i = 0; i < n; ++i) {
+    num = std::max(num, static_cast<double>(std::fabs(a[i] - b[i])));
+    den = std::max(den, static_cast<double>(std::fabs(b[i])));
+  }
+  return num / std::max(den, 1e-12);
+}
+
+// Logits of the last token of `tokens`, run alone in a fresh cache.
+std::vector<float> RunAlone(Model& m, const std::vector<int>& tokens,
+                            const LowRankAdapter* adapter = nullptr, int rank = 0) {
+  KvCache cache(m.config(), 256);
+  KvSequence s = cache.NewSequence();
+  SequenceChunk ch{&s, tokens, adapter, rank, LogitsMode::kLast};
+  std::vector<float> logits;
+  EXPECT_TRUE(m.Forward({&ch, 1}, &cache, &logits).ok());
+  return logits;
+}
+
+TEST(KvCache, ReserveAdvanceFree) {
+  KvCache cache(TinyConfig(), 64);  // 4 blocks of 16
+  EXPECT_EQ(cache.total_blocks(), 4);
+  KvSequence a = cache.NewSequence(), b = cache.NewSequence();
+  ASSERT_TRUE(cache.Reserve(&a, 17).ok());
+  EXPECT_EQ(cache.free_blocks(), 2);
+  cache.Advance(&a, 17);
+  EXPECT_EQ(a.length(), 17);
+  ASSERT_TRUE(cache.Reserve(&b, 32).ok());
+  EXPECT_EQ(cache.free_blocks(), 0);
+  absl::Status full = cache.Reserve(&a, 16);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(a.length(), 17);
+  EXPECT_EQ(cache.free_blocks(), 0);
+  cache.Free(&b);
+  EXPECT_EQ(cache.free_blocks(), 2);
+  cache.Truncate(&a, 10);
+  EXPECT_EQ(a.length(), 10);
+  EXPECT_EQ(cache.free_blocks(), 3);
+  // Keys of different positions and layers do not alias.
+  ASSERT_TRUE(cache.Reserve(&a, 1).ok());
+  EXPECT_NE(cache.Key(a, 0, 3), cache.Key(a, 1, 3));
+  EXPECT_NE(cache.Key(a, 0, 3), cache.Value(a, 0, 3));
+}
+
+TEST(Sampler, GreedyAndSeeded) {
+  std::vector<float> logits = {0.1f, 2.0f, -1.0f, 2.0f, 0.5f};
+  Sampler greedy(SamplingParams{});
+  EXPECT_EQ(greedy.Sample(logits.data(), 5), 1);  // ties -> lowest id
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.seed = 123;
+  Sampler s1(p), s2(p);
+  std::vector<int> a, b;
+  for (int i = 0; i < 50; ++i) {
+    a.push_back(s1.Sample(logits.data(), 5));
+    b.push_back(s2.Sample(logits.data(), 5));
+  }
+  EXPECT_EQ(a, b);
+  // Sampling actually explores: more than one distinct token in 50 draws.
+  EXPECT_GT(std::set<int>(a.begin(), a.end()).size(), 1u);
+  p.top_k = 1;
+  Sampler k1(p);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(k1.Sample(logits.data(), 5), 1);
+  p.top_k = 0;
+  p.top_p = 0.01f;
+  Sampler p1(p);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(p1.Sample(logits.data(), 5), 1);
+  // top-k 2 only ever returns the two best.
+  p.top_p = 1.f;
+  p.top_k = 2;
+  Sampler k2(p);
+  for (int i = 0; i < 100; ++i) {
+    const int t = k2.Sample(logits.data(), 5);
+    EXPECT_TRUE(t == 1 || t == 3) << t;
+  }
+}
+
+TEST(Sampler, ValidateNamesField) {
+  SamplingParams p;
+  p.temperature = -1;
+  EXPECT_NE(std::string(p.Validate().message()).find("temperature"), std::string::npos);
+  p = {};
+  p.top_p = 0;
+  EXPECT_NE(std::string(p.Validate().message()).find("top_p"), std::string::npos);
+  p = {};
+  p.top_k = -3;
+  EXPECT_NE(std::string(p.Validate().message()).find("top_k"), std::string::npos);
+}
+
+TEST(Model, BatchedEqualsSeparate) {
+  auto w = TinyModel();
+  ThreadPool pool(2);
+  Model m(w, &pool);
+  const auto t1 = RandomTokens(5, 1, 97), t2 = RandomTokens(11, 2, 97), t3 = RandomTokens(1, 3, 97);
+  KvCache cache(m.config(), 256);
+  KvSequence s1 = cache.NewSequence(), s2 = cache.NewSequence(), s3 = cache.NewSequence();
+  std::vector<SequenceChunk> batch = {{&s1, t1, nullptr, 0, LogitsMode::kLast},
+                                      {&s2, t2, nullptr, 0, LogitsMode::kAll},
+                                      {&s3, t3, nullptr, 0, LogitsMode::kLast}};
+  std::vector<float> logits;
+  ASSERT_TRUE(m.Forward(batch, &cache, &logits).ok());
+  const int V = 97;
+  ASSERT_EQ(logits.size(), static_cast<size_t>((1 + 11 + 1) * V));
+  EXPECT_LT(MaxRelDiff(logits.data(), RunAlone(m, t1).data(), V), 1e-5);
+  EXPECT_LT(MaxRelDiff(logits.data() + 11 * V, RunAlone(m, t2).data(), V), 1e-5);
+  EXPECT_LT(MaxRelDiff(logits.data() + 12 * V, RunAlone(m, t3).data(), V), 1e-5);
+  // kAll rows: row j equals running the prefix of length j+1 alone.
+  std::vector<int> prefix(t2.begin(), t2.begin() + 4);
+  EXPECT_LT(MaxRelDiff(logits.data() + (1 + 3) * V, RunAlone(m, prefix).data(), V), 1e-5);
+  EXPECT_EQ(s2.length(), 11);
+}
+
+TEST(Model, IncrementalDecodeEqualsPrefill) {
+  auto w = TinyModel();
+  ThreadPool pool(1);
+  Model m(w, &pool);
+  const auto toks = RandomTokens(20, 9, 97);
+  KvCache cache(m.config(), 256);
+  KvSequence s = cache.NewSequence();
+  std::vector<float> logits;
+  SequenceChunk first{&s, std::span<const int>(toks.data(), 7), nullptr, 0, LogitsMode::kNone};
+  ASSERT_TRUE(m.Forward({&first, 1}, &cache, &logits).ok());
+  EXPECT_TRUE(logits.empty());
+  for (size_t i = 7; i < toks.size(); ++i) {
+    SequenceChunk ch{&s, std::span<const int>(toks.data() + i, 1), nullptr, 0, LogitsMode::kLast};
+    ASSERT_TRUE(m.Forward({&ch, 1}, &cache, &logits).ok());
+  }
+  EXPECT_LT(MaxRelDiff(logits.data(), RunAlone(m, toks).data(), 97), 1e-5);
+}
+
+TEST(Model, PositionMatters) {
+  // The same token at different positions gives different logits (RoPE + attention).
+  auto w = TinyModel();
+  ThreadPool pool(1);
+  Model m(w, &pool);
+  auto a = RunAlone(m, {5, 7});
+  auto b = RunAlone(m, {7, 7});
+  EXPECT_GT(MaxRelDiff(a.data(), b.data(), 97), 1e-4);
+}
+
+TEST(Model, RejectsBadInputWithoutTouchingCache) {
+  auto w = TinyModel();
+  ThreadPool pool(1);
+  Model m(w, &pool);
+  KvCache cache(m.config(), 64);
+  KvSequence s = cache.NewSequence();
+  std::vector<float> logits;
+  std::vector<int> bad = {1, 97};
+  SequenceChunk ch{&s, bad, nullptr, 0, LogitsMode::kLast};
+  EXPECT_EQ(m.Forward({&ch, 1}, &cache, &logits).code(), absl::StatusCode::kInvalidArgument);
+  std::vector<int> too_long(65, 1);
+  ch.tokens = too_long;
+  EXPECT_EQ(m.Forward({&ch, 1}, &cache, &logits).code(), absl::StatusCode::kOutOfRange);
+  // Cache with 64 positions: two sequences of 40 cannot both fit.
+  std::vector<int> forty(40, 3);
+  KvSequence s2 = cache.NewSequence();
+  std::vector<SequenceChunk> two = {{&s, forty, nullptr, 0, LogitsMode::kLast},
+                                    {&s2, forty, nullptr, 0, LogitsMode::kLast}};
+  EXPECT_EQ(m.Forward(two, &cache, &logits).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(cache.free_blocks(), cache.total_blocks());
+  EXPECT_EQ(s.length(), 0);
+  auto adapter = MakeRandomAdapter("a", m.config(), 4, WeightStorage{}, 1);
+  ASSERT_TRUE(adapter.ok());
+  std::vector<int> one = {1};
+  SequenceChunk r{&s, one, adapter->get(), 5, LogitsMode::kLast};
+  EXPECT_EQ(m.Forward({&r, 1}, &cache, &logits).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Model whose linear weights are W + B[:, :r] A[:r] explicitly.
+std::shared_ptr<ModelWeights> MergeAdapter(const ModelWeights& base, const LowRankAdapter& ad,
+                                           int r) {
+  auto out = std::make_shared<ModelWeights>(base);
+  for (int l = 0; l < base.config.n_layers; ++l) {
+    for (int mi = 0; mi < kNumModules; ++mi) {
+      const Matrix& W = *base.layers[l].linear[mi];
+      std::vector<float> w = W.Dequantize();
+      const auto& f = ad.factors(l, static_cast<Module>(mi));
+      const auto A = f.a->Dequantize(), Bt = f.bt->Dequantize();
+      for (int o = 0; o < W.rows(); ++o)
+        for (int i = 0; i < W.cols(); ++i) {
+          double s = 0;
+          for (int j = 0; j < r; ++j)
+            s += static_cast<double>(Bt[static_cast<size_t>(j) * W.rows() + o]) *
+                 A[static_cast<size_t>(j) * W.cols() + i];
+          w[static_cast<size_t>(o) * W.cols() + i] += static_cast<float>(s);
+        }
+      out->layers[l].linear[mi] = MakeDenseMatrixFromF32(DType::kF32, W.rows(), W.cols(), w.data());
+    }
+  }
+  return out;
+}
+
+TEST(Model, LowRankMatchesMergedWeightsAndMixesInOneBatch) {
+  auto w = TinyModel();
+  ThreadPool pool(2);
+  Model m(w, &pool);
+  auto ad1 = MakeRandomAdapter("one", m.config(), 8, WeightStorage{}, 11, 0.2f);
+  auto ad2 = MakeRandomAdapter("two", m.config(), 5, WeightStorage{}, 12, 0.2f);
+  ASSERT_TRUE(ad1.ok() && ad2.ok());
+  const auto ta = RandomTokens(6, 4, 97), tb = RandomTokens(9, 5, 97), tc = RandomTokens(3, 6, 97);
+
+  // Against merged weights (prefix truncation to rank 3 for adapter one).
+  auto merged1 = MergeAdapter(*w, **ad1, 3);
+  Model mm1(merged1, &pool);
+  const auto ref_a = RunAlone(mm1, ta);
+  auto merged2 = MergeAdapter(*w, **ad2, 5);
+  Model mm2(merged2, &pool);
+  const auto ref_b = RunAlone(mm2, tb);
+  const auto ref_c = RunAlone(m, tc);
+  EXPECT_LT(MaxRelDiff(RunAlone(m, ta, ad1->get(), 3).data(), ref_a.data(), 97), 1e-4);
+  // The adapter changes the output (so the comparison above is not vacuous).
+  EXPECT_GT(MaxRelDiff(RunAlone(m, ta).data(), ref_a.data(), 97), 1e-3);
+
+  KvCache cache(m.config(), 256);
+  KvSequence s1 = cache.NewSequence(), s2 = cache.NewSequence(), s3 = cache.NewSequence(),
+             s4 = cache.NewSequence();
+  std::vector<SequenceChunk> batch = {{&s1, ta, ad1->get(), 3, LogitsMode::kLast},
+                                      {&s2, tb, ad2->get(), 5, LogitsMode::kLast},
+                                      {&s3, tc, nullptr, 0, LogitsMode::kLast},
+                                      {&s4, ta, ad1->get(), 3, LogitsMode::kLast}};
+  std::vector<float> logits;
+  ASSERT_TRUE(m.Forward(batch, &cache, &logits).ok());
+  EXPECT_LT(MaxRelDiff(logits.data(), ref_a.data(), 97), 1e-4);
+  EXPECT_LT(MaxRelDiff(logits.data() + 97, ref_b.data(), 97), 1e-4);
+  EXPECT_LT(MaxRelDiff(logits.data() + 2 * 97, ref_c.data(), 97), 1e-5);
+  EXPECT_LT(MaxRelDiff(logits.data() + 3 * 97, ref_a.data(), 97), 1e-4);
+}
+
+TEST(Generator, BatchOfRequestsEqualsEachAlone) {
+  auto w = TinyModel();
+  ThreadPool pool(2);
+  Model m(w, &pool);
+  auto ad = MakeRandomAdapter("x", m.config(), 6, WeightStorage{}, 3, 0.2f);
+  ASSERT_TRUE(ad.ok());
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 6; ++i) {
+    GenerationRequest r;
+    r.prompt = RandomTokens(2 + 3 * i, 100 + i, 97);
+    r.max_new_tokens = 5 + i;
+    r.sampling.temperature = i % 2 ? 0.7f : 0.f;
+    r.sampling.seed = i;
+    if (i % 3 == 1) {
+      r.adapter = *ad;
+      r.rank = 2 + i % 4;
+    }
+    reqs.push_back(r);
+  }
+  GeneratorOptions small_budget;
+  small_budget.max_step_tokens = 7;  // forces chunked prefill mixed with decode
+  auto together = GenerateAll(&m, reqs, small_budget);
+  ASSERT_TRUE(together.ok()) << together.status();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    auto alone = GenerateAll(&m, {reqs[i]});
+    ASSERT_TRUE(alone.ok());
+    EXPECT_EQ((*together)[i].tokens, (*alone)[0].tokens) << "request " << i;
+    EXPECT_EQ((*together)[i].tokens.size(), static_cast<size_t>(reqs[i].max_new_tokens));
+    EXPECT_EQ((*together)[i].finish, FinishReason::kLength);
+    EXPECT_EQ((*together)[i].rank_used, reqs[i].adapter ? reqs[i].rank : 0);
+  }
+}
+
+TEST(Generator, StopTokensAndValidation) {
+  auto w = TinyModel();
+  ThreadPool pool(1);
+  Model m(w, &pool);
+  GenerationRequest r;
+  r.prompt = {1, 2, 3};
+  r.max_new_tokens = 20;
+  auto base = GenerateAll(&m, {r});
+  ASSERT_TRUE(base.ok());
+  ASSERT_GE((*base)[0].tokens.size(), 3u);
+  r.stop_token_ids = {(*base)[0].tokens[2]};
+  auto stopped = GenerateAll(&m, {r});
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_EQ((*stopped)[0].finish, FinishReason::kStop);
+  EXPECT_LE((*stopped)[0].tokens.size(), 2u);
+
+  Generator gen(&m, GeneratorOptions{});
+  GenerationRequest bad = r;
+  bad.prompt.clear();
+  EXPECT_EQ(gen.Add(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = r;
+  bad.sampling.top_p = 2;
+  EXPECT_EQ(gen.Add(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = r;
+  bad.rank = 3;  // no adapter
+  EXPECT_EQ(gen.Add(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad = r;
+  bad.prompt.assign(64, 1);
+  EXPECT_EQ(gen.Add(bad).status().code(), absl::StatusCode::kInvalidArgument);
+
+  // Cancellation frees the sequence.
+  auto id = gen.Add(r);
+  ASSERT_TRUE(id.ok());
+  auto step = gen.Step(nullptr, nullptr);
+  ASSERT_TRUE(step.ok());
+  gen.Cancel(*id);
+  GenerationResult got;
+  auto more = gen.Step(nullptr, [&](int64_t, GenerationResult res) { got = std::move(res); });
+  ASSERT_TRUE(more.ok());
+  EXPECT_FALSE(*more);
+  EXPECT_EQ(got.finish, FinishReason::kCancelled);
+  EXPECT_EQ(gen.cache().free_blocks(), gen.cache().total_blocks());
+}
+
+TEST(Model, QuantizedModelTracksFloatModel) {
+  auto wf = TinyModel(32);
+  auto wq = TinyModel(4);
+  ThreadPool pool(2);
+  Model mf(wf, &pool), mq(wq, &pool);
+  const auto toks = RandomTokens(12, 77, 97);
+  auto lf = RunAlone(mf, toks), lq = RunAlone(mq, toks);
+  // 4-bit RTN of the same random weights: close but not equal.
+  const double d = MaxRelDiff(lq.data(), lf.data(), 97);
+  EXPECT_LT(d, 0.25);
+  EXPECT_GT(d, 1e-6);
+}
+
+}  // namespace
+}  // namespace eora
