@@ -54,11 +54,6 @@ void KvCache::Truncate(KvSequence* seq, int length) {
 
 void KvCache::Free(KvSequence* seq) { Truncate(seq, 0); }
 
-size_t KvCache::Offset(int32_t block, int layer, int kind, int slot) const {
-  return ((((static_cast<size_t>(block) * n_layers_ + layer) * 2 + kind) * kBlockTokens + slot) *
-          kv_dim_);
-}
-
 float* KvCache::Key(const KvSequence& seq, int layer, int pos) {
   return data_.data() + Offset(seq.blocks_[pos / kBlockTokens], layer, 0, pos % kBlockTokens);
 }

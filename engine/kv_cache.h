@@ -60,13 +60,25 @@ class KvCache {
   const float* Key(const KvSequence& seq, int layer, int pos) const;
   const float* Value(const KvSequence& seq, int layer, int pos) const;
 
+  // Base of the keys / values of block `b` of `seq` in `layer`: kBlockTokens rows
+  // of kv_dim floats (position b * kBlockTokens + i is row i).
+  const float* BlockKeys(const KvSequence& seq, int layer, int b) const {
+    return data_.data() + Offset(seq.blocks_[b], layer, 0, 0);
+  }
+  const float* BlockValues(const KvSequence& seq, int layer, int b) const {
+    return data_.data() + Offset(seq.blocks_[b], layer, 1, 0);
+  }
+
   int64_t total_blocks() const { return num_blocks_; }
   int64_t free_blocks() const { return static_cast<int64_t>(free_.size()); }
   int64_t capacity_tokens() const { return num_blocks_ * kBlockTokens; }
   size_t bytes() const { return data_.size() * sizeof(float); }
 
  private:
-  size_t Offset(int32_t block, int layer, int kind, int slot) const;
+  size_t Offset(int32_t block, int layer, int kind, int slot) const {
+    return ((((static_cast<size_t>(block) * n_layers_ + layer) * 2 + kind) * kBlockTokens + slot) *
+            kv_dim_);
+  }
 
   const int n_layers_;
   const int kv_dim_;

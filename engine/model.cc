@@ -8,6 +8,7 @@
 namespace eora {
 namespace {
 
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void RmsNorm(const float* x, const float* w, int dim, float eps, float* out) {
   double ss = 0;
   for (int i = 0; i < dim; ++i) ss += static_cast<double>(x[i]) * x[i];
@@ -33,10 +34,34 @@ void Rope(float* v, int head_dim, RopeStyle style, const float* cs, const float*
   }
 }
 
-inline float Dot(const float* a, const float* b, int n) {
-  float s = 0.f;
-  for (int i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
+// Attention of one query head over n cached positions. kb[i] / vb[i] point at the
+// head's key / value in block i; rows within a block are `stride` floats apart.
+// Compiled for several ISAs; the loader picks one at startup (GCC target_clones).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void AttendHead(const float* q, int hd, const float* const* kb, const float* const* vb, int stride,
+                int n, float scale, float* scores, float* out) {
+  constexpr int B = KvCache::kBlockTokens;
+  float mx = -INFINITY;
+  for (int p = 0; p < n; ++p) {
+    const float* k = kb[p / B] + static_cast<size_t>(p % B) * stride;
+    float s = 0.f;
+    for (int d = 0; d < hd; ++d) s += q[d] * k[d];
+    s *= scale;
+    scores[p] = s;
+    mx = std::max(mx, s);
+  }
+  float sum = 0.f;
+  for (int p = 0; p < n; ++p) {
+    scores[p] = std::exp(scores[p] - mx);
+    sum += scores[p];
+  }
+  const float inv = 1.0f / sum;
+  for (int d = 0; d < hd; ++d) out[d] = 0.f;
+  for (int p = 0; p < n; ++p) {
+    const float w = scores[p] * inv;
+    const float* v = vb[p / B] + static_cast<size_t>(p % B) * stride;
+    for (int d = 0; d < hd; ++d) out[d] += w * v[d];
+  }
 }
 
 }  // namespace
@@ -175,32 +200,23 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
     // Causal attention: token t attends to positions [0, pos_t] of its sequence.
     pool_->ParallelFor(static_cast<int64_t>(T) * c.n_heads, 1, [&](int, int64_t b, int64_t e) {
       std::vector<float> scores;
+      std::vector<const float*> kb, vb;
       for (int64_t th = b; th < e; ++th) {
         const int t = static_cast<int>(th / c.n_heads);
         const int h = static_cast<int>(th % c.n_heads);
         const int kvh = h / group;
         const KvSequence& seq = *batch[chunk_of[t]].kv;
         const int n = pos_[t] + 1;
-        const float* qv = q_.data() + static_cast<size_t>(t) * qd + h * hd;
+        const int nblocks = (n + KvCache::kBlockTokens - 1) / KvCache::kBlockTokens;
+        kb.resize(nblocks);
+        vb.resize(nblocks);
+        for (int blk = 0; blk < nblocks; ++blk) {
+          kb[blk] = cache->BlockKeys(seq, l, blk) + kvh * hd;
+          vb[blk] = cache->BlockValues(seq, l, blk) + kvh * hd;
+        }
         scores.resize(n);
-        float mx = -INFINITY;
-        for (int p = 0; p < n; ++p) {
-          scores[p] = Dot(qv, cache->Key(seq, l, p) + kvh * hd, hd) * att_scale;
-          mx = std::max(mx, scores[p]);
-        }
-        float sum = 0.f;
-        for (int p = 0; p < n; ++p) {
-          scores[p] = std::exp(scores[p] - mx);
-          sum += scores[p];
-        }
-        const float inv = 1.0f / sum;
-        float* out = att_.data() + static_cast<size_t>(t) * qd + h * hd;
-        std::fill_n(out, hd, 0.f);
-        for (int p = 0; p < n; ++p) {
-          const float w = scores[p] * inv;
-          const float* vv = cache->Value(seq, l, p) + kvh * hd;
-          for (int d = 0; d < hd; ++d) out[d] += w * vv[d];
-        }
+        AttendHead(q_.data() + static_cast<size_t>(t) * qd + h * hd, hd, kb.data(), vb.data(), kvd,
+                   n, att_scale, scores.data(), att_.data() + static_cast<size_t>(t) * qd + h * hd);
       }
     });
     MatMul(L.w(Module::kO), att_.data(), T, qd, tmp_.data(), dim, pool_, &mm_);
