@@ -1,8 +1,9 @@
-// Dense F32 / F16 / BF16 matrices. (Portable baseline; SIMD paths live in
-// engine/backend/cpu.)
+// Dense F32 / F16 / BF16 matrices. Kernels: engine/backend/cpu (SIMD, dispatched).
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/ascii.h"
+#include "engine/backend/cpu/kernels.h"
 #include "engine/matrix.h"
 
 namespace eora {
@@ -14,7 +15,7 @@ class DenseMatrix final : public Matrix {
       : Matrix(rows, cols), dtype_(dtype) {
     const size_t bytes = static_cast<size_t>(rows) * cols * DTypeSize(dtype);
     data_.resize(bytes);
-    std::memcpy(data_.data(), data, bytes);
+    if (bytes > 0) std::memcpy(data_.data(), data, bytes);
   }
 
   MatrixFormat format() const override {
@@ -29,16 +30,17 @@ class DenseMatrix final : public Matrix {
   size_t StorageBytes() const override { return data_.size(); }
 
   void MatMulRows(const MatMulInput& in, float* y, int ldy, int r0, int r1) const override {
-    std::vector<float> row(cols());
-    for (int r = r0; r < r1; ++r) {
-      DequantizeRow(r, row.data());
-      for (int t = 0; t < in.n; ++t) {
-        const float* x = in.x + static_cast<size_t>(t) * in.ldx;
-        float acc = 0.f;
-        for (int k = 0; k < cols(); ++k) acc += row[k] * x[k];
-        y[static_cast<size_t>(t) * ldy + r] = acc;
-      }
-    }
+    if (r0 >= r1 || in.n <= 0) return;
+    cpu::Kernels().dense_gemm[KernelType()](data_.data(), cols(), r0, r1, in.x, in.n, in.ldx, y, ldy);
+  }
+
+  void AccumulateTransposed(const float* u, int ldu, int n, int r, float* y, int ldy, int c0,
+                            int c1) const override {
+    c0 = std::max(c0, 0);
+    c1 = std::min(c1, cols());
+    r = std::min(r, rows());
+    if (n <= 0 || r <= 0 || c0 >= c1) return;
+    cpu::Kernels().dense_acc_t[KernelType()](data_.data(), cols(), u, ldu, n, r, y, ldy, c0, c1);
   }
 
   void DequantizeRow(int r, float* out) const override {
@@ -47,6 +49,10 @@ class DenseMatrix final : public Matrix {
   }
 
  private:
+  int KernelType() const {
+    return dtype_ == DType::kF32 ? cpu::kDenseF32 : dtype_ == DType::kF16 ? cpu::kDenseF16 : cpu::kDenseBF16;
+  }
+
   const DType dtype_;
   std::vector<uint8_t> data_;
 };
@@ -65,6 +71,6 @@ std::unique_ptr<Matrix> MakeDenseMatrixFromF32(DType dtype, int rows, int cols, 
   return MakeDenseMatrix(dtype, rows, cols, tmp.data());
 }
 
-const char* KernelIsaName() { return "generic"; }
+const char* KernelIsaName() { return cpu::ActiveIsaName(); }
 
 }  // namespace eora

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "engine/backend/cpu/kernels.h"
 #include "engine/thread_pool.h"
 
 namespace eora {
@@ -12,28 +13,15 @@ void QuantizedActivations::Quantize(const float* x, int rows, int c, int ldx) {
   cols = c;
   padded_cols = (c + kQBlock - 1) / kQBlock * kQBlock;
   const int nb = padded_cols / kQBlock;
-  q.assign(static_cast<size_t>(n) * padded_cols, 0);
-  scale.assign(static_cast<size_t>(n) * nb, 0.f);
-  sum.assign(static_cast<size_t>(n) * nb, 0.f);
+  // resize (not assign): every element is written by the kernel.
+  q.resize(static_cast<size_t>(n) * padded_cols);
+  scale.resize(static_cast<size_t>(n) * nb);
+  sum.resize(static_cast<size_t>(n) * nb);
+  const auto quantize_row = cpu::Kernels().quantize_row;
   for (int t = 0; t < n; ++t) {
-    const float* xr = x + static_cast<size_t>(t) * ldx;
-    int8_t* qr = q.data() + static_cast<size_t>(t) * padded_cols;
-    for (int b = 0; b < nb; ++b) {
-      const int k0 = b * kQBlock;
-      const int k1 = std::min(c, k0 + kQBlock);
-      float amax = 0.f;
-      for (int k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
-      const float d = amax / 127.f;
-      const float id = d > 0 ? 1.f / d : 0.f;
-      int s = 0;
-      for (int k = k0; k < k1; ++k) {
-        const int v = static_cast<int>(std::nearbyint(xr[k] * id));
-        qr[k] = static_cast<int8_t>(v);
-        s += v;
-      }
-      scale[static_cast<size_t>(t) * nb + b] = d;
-      sum[static_cast<size_t>(t) * nb + b] = d * static_cast<float>(s);
-    }
+    quantize_row(x + static_cast<size_t>(t) * ldx, c, padded_cols,
+                 q.data() + static_cast<size_t>(t) * padded_cols, scale.data() + static_cast<size_t>(t) * nb,
+                 sum.data() + static_cast<size_t>(t) * nb);
   }
 }
 

@@ -62,3 +62,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ParseHfTokenizer(std::string_view jso
                                                             std::string_view source_name);
 
 }  // namespace eora
+
+namespace eora {
+
+// Hugging Face tokenizer.json (model.type "BPE", byte_fallback) equivalent to
+// MakeSpmTokenizer(vocab): every piece that splits into two pieces of the vocabulary
+// yields a merge, ordered by the merged piece's score (descending, ties by id) as
+// transformers' SentencePiece converter does; Prepend/Replace normalizer,
+// Replace/ByteFallback/Fuse/Strip decoder, BOS via a TemplateProcessing
+// post-processor; control/unknown/unused pieces become special added tokens,
+// user-defined pieces non-special ones. ParseHfTokenizer(result) encodes exactly as
+// the SPM tokenizer whenever the scores of mergeable pieces are distinct.
+absl::StatusOr<std::string> SpmVocabToHfTokenizerJson(const SpmVocab& vocab);
+
+}  // namespace eora

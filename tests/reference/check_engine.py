@@ -40,7 +40,11 @@ def default_text():
     shared = os.environ.get("EORA_SHARED_DIR")
     if shared:
         return os.path.join(shared, "data", "tinystories", "valid.txt")
-    return os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tinystories", "valid.txt"))
+    shared_valid = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tinystories", "valid.txt"))
+    if os.path.exists(shared_valid):
+        return shared_valid
+    # The repository ships the first 100,000 bytes of the same file.
+    return os.path.join(REPO, "tests", "data", "tinystories", "valid-100k.txt")
 
 
 def rel(a, b):
@@ -102,7 +106,8 @@ def main():
     ap.add_argument("eora", help="path to the eora CLI binary")
     ap.add_argument("--model", default=os.path.join(REPO, "models", "stories260K", "stories260K.gguf"))
     ap.add_argument("--text", default=None, help="default: $EORA_SHARED_DIR/data/tinystories/valid.txt "
-                    "or <repo>/../shared/data/tinystories/valid.txt")
+                    "or <repo>/../shared/data/tinystories/valid.txt, else the bundled "
+                    "tests/data/tinystories/valid-100k.txt")
     ap.add_argument("--max-bytes", type=int, default=100000)
     ap.add_argument("--timeout", type=int, default=300, help="per engine command, seconds")
     a = ap.parse_args()
