@@ -67,70 +67,88 @@ size_t LowRankAdapter::BytesPerToken(int r) const {
   return bytes() * static_cast<size_t>(r) / max_rank_;
 }
 
-void ApplyLowRank(const std::vector<LowRankSegment>& segments, int layer, Module module,
-                  const float* x, int ldx, float* y, int ldy, ThreadPool* pool,
-                  LowRankScratch* scratch) {
-  // Active segments and their offsets into the u buffer.
-  struct Active {
-    const LowRankSegment* seg;
-    const LowRankFactors* f;
-    int r;
-    size_t u_off;
-  };
-  std::vector<Active> active;
+namespace {
+
+// One run of rows [begin, end) through factors f at rank r.
+struct LowRankRun {
+  int begin, end;
+  const LowRankFactors* f;
+  int r;
+};
+
+void ApplyRuns(const std::vector<LowRankRun>& runs, const float* x, int ldx, float* y, int ldy,
+               ThreadPool* pool, LowRankScratch* scratch) {
+  if (runs.empty()) return;
+  std::vector<size_t> u_off;
   size_t u_size = 0;
-  for (const auto& s : segments) {
-    if (s.adapter == nullptr || s.rank <= 0 || s.end <= s.begin) continue;
-    const LowRankFactors& f = s.adapter->factors(layer, module);
-    if (!f.a) continue;
-    const int r = std::min(s.rank, f.rank());
-    active.push_back({&s, &f, r, u_size});
-    u_size += static_cast<size_t>(s.end - s.begin) * r;
+  for (const auto& a : runs) {
+    u_off.push_back(u_size);
+    u_size += static_cast<size_t>(a.end - a.begin) * a.r;
   }
-  if (active.empty()) return;
   scratch->u.resize(u_size);
   float* u = scratch->u.data();
 
-  // u_s [rows_s][r_s] = x_s A[:r]^T. Work items: (segment, rank rows), split over threads
-  // by a flat index over all (segment, row) pairs.
+  // u_s [rows_s][r_s] = x_s A[:r]^T. Work items: (run, rank row) pairs, split over threads.
   std::vector<int64_t> starts;
   int64_t total = 0;
-  for (const auto& a : active) {
+  for (const auto& a : runs) {
     starts.push_back(total);
     total += a.r;
   }
   auto run_a = [&](int, int64_t b, int64_t e) {
-    for (size_t i = 0; i < active.size(); ++i) {
+    QuantizedActivations qx;
+    for (size_t i = 0; i < runs.size(); ++i) {
       const int64_t lo = std::max<int64_t>(b, starts[i]);
-      const int64_t hi = std::min<int64_t>(e, starts[i] + active[i].r);
+      const int64_t hi = std::min<int64_t>(e, starts[i] + runs[i].r);
       if (lo >= hi) continue;
-      const Active& a = active[i];
-      const int rows = a.seg->end - a.seg->begin;
+      const LowRankRun& a = runs[i];
+      const int rows = a.end - a.begin;
       MatMulInput in;
-      in.x = x + static_cast<size_t>(a.seg->begin) * ldx;
+      in.x = x + static_cast<size_t>(a.begin) * ldx;
       in.n = rows;
       in.ldx = ldx;
-      QuantizedActivations qx;
       if (a.f->a->WantsQuantizedInput()) {
         qx.Quantize(in.x, rows, a.f->a->cols(), ldx);
         in.qx = &qx;
       }
-      a.f->a->MatMulRows(in, u + a.u_off, a.r, static_cast<int>(lo - starts[i]),
+      a.f->a->MatMulRows(in, u + u_off[i], a.r, static_cast<int>(lo - starts[i]),
                          static_cast<int>(hi - starts[i]));
     }
   };
   if (pool) pool->ParallelFor(total, 1, run_a); else run_a(0, 0, total);
 
   // y_s += u_s Bt[:r]: split output columns over threads.
-  const int out = active[0].f->bt->cols();
+  const int out = runs[0].f->bt->cols();
   auto run_b = [&](int, int64_t c0, int64_t c1) {
-    for (const auto& a : active) {
-      a.f->bt->AccumulateTransposed(u + a.u_off, a.r, a.seg->end - a.seg->begin, a.r,
-                                    y + static_cast<size_t>(a.seg->begin) * ldy, ldy,
+    for (size_t i = 0; i < runs.size(); ++i) {
+      const LowRankRun& a = runs[i];
+      a.f->bt->AccumulateTransposed(u + u_off[i], a.r, a.end - a.begin, a.r,
+                                    y + static_cast<size_t>(a.begin) * ldy, ldy,
                                     static_cast<int>(c0), static_cast<int>(c1));
     }
   };
   if (pool) pool->ParallelFor(out, 16, run_b); else run_b(0, 0, out);
+}
+
+}  // namespace
+
+void ApplyLowRank(const std::vector<LowRankSegment>& segments, int layer, Module module,
+                  const float* x, int ldx, float* y, int ldy, ThreadPool* pool,
+                  LowRankScratch* scratch) {
+  std::vector<LowRankRun> runs;
+  for (const auto& s : segments) {
+    if (s.adapter == nullptr || s.rank <= 0 || s.end <= s.begin) continue;
+    const LowRankFactors& f = s.adapter->factors(layer, module);
+    if (!f.a) continue;
+    runs.push_back({s.begin, s.end, &f, std::min(s.rank, f.rank())});
+  }
+  ApplyRuns(runs, x, ldx, y, ldy, pool, scratch);
+}
+
+void ApplyLowRankFactors(const LowRankFactors& f, int rank, int rows, const float* x, int ldx,
+                         float* y, int ldy, ThreadPool* pool, LowRankScratch* scratch) {
+  if (!f.a || rank <= 0 || rows <= 0) return;
+  ApplyRuns({{0, rows, &f, std::min(rank, f.rank())}}, x, ldx, y, ldy, pool, scratch);
 }
 
 }  // namespace eora

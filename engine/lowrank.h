@@ -79,4 +79,8 @@ void ApplyLowRank(const std::vector<LowRankSegment>& segments, int layer, Module
                   const float* x, int ldx, float* y, int ldy, ThreadPool* pool,
                   LowRankScratch* scratch);
 
+// y[t] += Bt[:r]^T (A[:r] x[t]) for t in [0, rows) with explicit factors (calibration).
+void ApplyLowRankFactors(const LowRankFactors& f, int rank, int rows, const float* x, int ldx,
+                         float* y, int ldy, ThreadPool* pool, LowRankScratch* scratch);
+
 }  // namespace eora

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
 
 namespace eora {
 namespace {
@@ -77,10 +78,8 @@ double LogProb(const float* logits, int vocab, int target) {
 Model::Model(std::shared_ptr<const ModelWeights> weights, ThreadPool* pool)
     : weights_(std::move(weights)), pool_(pool) {}
 
-absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache,
-                            std::vector<float>* logits) {
+absl::Status Model::Prepare(std::span<const SequenceChunk> batch, KvCache* cache) {
   const ModelConfig& c = weights_->config;
-  logits->clear();
   // ---- Validate everything before touching the cache.
   int T = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -106,7 +105,6 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
     }
     T += static_cast<int>(ch.tokens.size());
   }
-  if (T == 0) return absl::OkStatus();
   for (size_t i = 0; i < batch.size(); ++i) {
     absl::Status s = cache->Reserve(batch[i].kv, static_cast<int>(batch[i].tokens.size()));
     if (!s.ok()) {
@@ -115,9 +113,9 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
     }
   }
 
+  T_ = T;
   const int dim = c.dim, hd = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.ffn_dim;
   const int half = hd / 2;
-  const int group = c.n_heads / c.n_kv_heads;
   x_.resize(static_cast<size_t>(T) * dim);
   xn_.resize(static_cast<size_t>(T) * dim);
   q_.resize(static_cast<size_t>(T) * qd);
@@ -128,42 +126,54 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
   gate_.resize(static_cast<size_t>(T) * ffn);
   up_.resize(static_cast<size_t>(T) * ffn);
   pos_.resize(T);
+  chunk_of_.resize(T);
   rope_cos_.resize(static_cast<size_t>(T) * half);
   rope_sin_.resize(static_cast<size_t>(T) * half);
 
   // Token -> (chunk, position); segments of rows sharing an adapter and rank.
-  std::vector<int> chunk_of(T);
-  std::vector<LowRankSegment> segments;
-  {
-    int t = 0;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const SequenceChunk& ch = batch[i];
-      const int n = static_cast<int>(ch.tokens.size());
-      if (ch.adapter != nullptr && ch.rank > 0) {
-        if (!segments.empty() && segments.back().end == t &&
-            segments.back().adapter == ch.adapter && segments.back().rank == ch.rank)
-          segments.back().end = t + n;
-        else
-          segments.push_back({t, t + n, ch.adapter, ch.rank});
-      }
-      for (int j = 0; j < n; ++j, ++t) {
-        chunk_of[t] = static_cast<int>(i);
-        pos_[t] = ch.kv->length() + j;
-        weights_->token_embedding->DequantizeRow(ch.tokens[j], x_.data() + static_cast<size_t>(t) * dim);
-      }
+  segments_.clear();
+  int t = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SequenceChunk& ch = batch[i];
+    const int n = static_cast<int>(ch.tokens.size());
+    if (ch.adapter != nullptr && ch.rank > 0) {
+      if (!segments_.empty() && segments_.back().end == t &&
+          segments_.back().adapter == ch.adapter && segments_.back().rank == ch.rank)
+        segments_.back().end = t + n;
+      else
+        segments_.push_back({t, t + n, ch.adapter, ch.rank});
+    }
+    for (int j = 0; j < n; ++j, ++t) {
+      chunk_of_[t] = static_cast<int>(i);
+      pos_[t] = ch.kv->length() + j;
     }
   }
-  for (int t = 0; t < T; ++t) {
+  for (int tt = 0; tt < T; ++tt) {
     for (int i = 0; i < half; ++i) {
       const double freq = std::pow(static_cast<double>(c.rope_theta), -2.0 * i / hd);
-      const double ang = pos_[t] * freq;
-      rope_cos_[static_cast<size_t>(t) * half + i] = static_cast<float>(std::cos(ang));
-      rope_sin_[static_cast<size_t>(t) * half + i] = static_cast<float>(std::sin(ang));
+      const double ang = pos_[tt] * freq;
+      rope_cos_[static_cast<size_t>(tt) * half + i] = static_cast<float>(std::cos(ang));
+      rope_sin_[static_cast<size_t>(tt) * half + i] = static_cast<float>(std::sin(ang));
     }
   }
+  return absl::OkStatus();
+}
 
+void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_factors,
+                     int cache_layer, std::span<const SequenceChunk> batch, KvCache* cache,
+                     LinearObserver* observer) {
+  const ModelConfig& c = weights_->config;
+  const int T = T_;
+  const int dim = c.dim, hd = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.ffn_dim;
+  const int half = hd / 2;
+  const int group = c.n_heads / c.n_kv_heads;
   auto lowrank = [&](int layer, Module m, const float* in, int ldin, float* out, int ldout) {
-    if (!segments.empty()) ApplyLowRank(segments, layer, m, in, ldin, out, ldout, pool_, &lr_);
+    if (override_factors != nullptr) {
+      const LowRankFactors& f = (*override_factors)[static_cast<int>(m)];
+      ApplyLowRankFactors(f, f.rank(), T, in, ldin, out, ldout, pool_, &lr_);
+    } else if (!segments_.empty()) {
+      ApplyLowRank(segments_, layer, m, in, ldin, out, ldout, pool_, &lr_);
+    }
   };
   auto norm_rows = [&](const std::vector<float>& w) {
     pool_->ParallelFor(T, 1, [&](int, int64_t b, int64_t e) {
@@ -173,10 +183,9 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
   };
   const float att_scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
-  for (int l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& L = weights_->layers[l];
     // ---- Attention block.
     norm_rows(L.attn_norm);
+    if (observer) observer->OnLinearInput(l, Module::kQ, xn_.data(), T, dim);
     MatMulShared({{&L.w(Module::kQ), q_.data(), qd},
                   {&L.w(Module::kK), k_.data(), kvd},
                   {&L.w(Module::kV), v_.data(), kvd}},
@@ -192,9 +201,9 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
         for (int h = 0; h < c.n_heads; ++h) Rope(q_.data() + t * qd + h * hd, hd, c.rope_style, cs, sn);
         for (int h = 0; h < c.n_kv_heads; ++h)
           Rope(k_.data() + t * kvd + h * hd, hd, c.rope_style, cs, sn);
-        const KvSequence& seq = *batch[chunk_of[t]].kv;
-        std::copy_n(k_.data() + t * kvd, kvd, cache->Key(seq, l, pos_[t]));
-        std::copy_n(v_.data() + t * kvd, kvd, cache->Value(seq, l, pos_[t]));
+        const KvSequence& seq = *batch[chunk_of_[t]].kv;
+        std::copy_n(k_.data() + t * kvd, kvd, cache->Key(seq, cache_layer, pos_[t]));
+        std::copy_n(v_.data() + t * kvd, kvd, cache->Value(seq, cache_layer, pos_[t]));
       }
     });
     // Causal attention: token t attends to positions [0, pos_t] of its sequence.
@@ -205,26 +214,28 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
         const int t = static_cast<int>(th / c.n_heads);
         const int h = static_cast<int>(th % c.n_heads);
         const int kvh = h / group;
-        const KvSequence& seq = *batch[chunk_of[t]].kv;
+        const KvSequence& seq = *batch[chunk_of_[t]].kv;
         const int n = pos_[t] + 1;
         const int nblocks = (n + KvCache::kBlockTokens - 1) / KvCache::kBlockTokens;
         kb.resize(nblocks);
         vb.resize(nblocks);
         for (int blk = 0; blk < nblocks; ++blk) {
-          kb[blk] = cache->BlockKeys(seq, l, blk) + kvh * hd;
-          vb[blk] = cache->BlockValues(seq, l, blk) + kvh * hd;
+          kb[blk] = cache->BlockKeys(seq, cache_layer, blk) + kvh * hd;
+          vb[blk] = cache->BlockValues(seq, cache_layer, blk) + kvh * hd;
         }
         scores.resize(n);
         AttendHead(q_.data() + static_cast<size_t>(t) * qd + h * hd, hd, kb.data(), vb.data(), kvd,
                    n, att_scale, scores.data(), att_.data() + static_cast<size_t>(t) * qd + h * hd);
       }
     });
+    if (observer) observer->OnLinearInput(l, Module::kO, att_.data(), T, qd);
     MatMul(L.w(Module::kO), att_.data(), T, qd, tmp_.data(), dim, pool_, &mm_);
     lowrank(l, Module::kO, att_.data(), qd, tmp_.data(), dim);
     for (size_t i = 0; i < static_cast<size_t>(T) * dim; ++i) x_[i] += tmp_[i];
 
     // ---- Feed-forward block (SwiGLU).
     norm_rows(L.ffn_norm);
+    if (observer) observer->OnLinearInput(l, Module::kGate, xn_.data(), T, dim);
     MatMulShared({{&L.w(Module::kGate), gate_.data(), ffn}, {&L.w(Module::kUp), up_.data(), ffn}},
                  xn_.data(), T, dim, pool_, &mm_);
     lowrank(l, Module::kGate, xn_.data(), dim, gate_.data(), ffn);
@@ -233,10 +244,28 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
       const float g = gate_[i];
       gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
     }
+    if (observer) observer->OnLinearInput(l, Module::kDown, gate_.data(), T, ffn);
     MatMul(L.w(Module::kDown), gate_.data(), T, ffn, tmp_.data(), dim, pool_, &mm_);
     lowrank(l, Module::kDown, gate_.data(), ffn, tmp_.data(), dim);
     for (size_t i = 0; i < static_cast<size_t>(T) * dim; ++i) x_[i] += tmp_[i];
   }
+
+absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache,
+                            std::vector<float>* logits) {
+  const ModelConfig& c = weights_->config;
+  logits->clear();
+  RETURN_IF_ERROR(Prepare(batch, cache));
+  const int T = T_;
+  if (T == 0) return absl::OkStatus();
+  const int dim = c.dim;
+  {
+    int t = 0;
+    for (const SequenceChunk& ch : batch)
+      for (int tok : ch.tokens)
+        weights_->token_embedding->DequantizeRow(tok, x_.data() + static_cast<size_t>(t++) * dim);
+  }
+  for (int l = 0; l < c.n_layers; ++l)
+    RunLayer(l, weights_->layers[l], nullptr, l, batch, cache, nullptr);
 
   for (const SequenceChunk& ch : batch) cache->Advance(ch.kv, static_cast<int>(ch.tokens.size()));
 
@@ -262,6 +291,60 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
   logits->resize(static_cast<size_t>(R) * c.vocab_size);
   MatMul(*weights_->output, last_.data(), R, dim, logits->data(), c.vocab_size, pool_, &mm_);
   return absl::OkStatus();
+}
+
+absl::Status Model::Embed(std::span<const int> tokens, float* hidden) const {
+  const ModelConfig& c = weights_->config;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
+      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i],
+                                                     " is outside the vocabulary"));
+    weights_->token_embedding->DequantizeRow(tokens[i], hidden + i * c.dim);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::ForwardLayer(int l, const LayerWeights* layer_weights,
+                                 const LayerFactors* factors, std::span<const int> seq_lengths,
+                                 float* hidden, LinearObserver* observer) {
+  const ModelConfig& c = weights_->config;
+  if (l < 0 || l >= c.n_layers)
+    return absl::InvalidArgumentError(absl::StrCat("layer ", l, " out of range"));
+  ModelConfig one = c;
+  one.n_layers = 1;
+  int64_t total = 0;
+  for (int n : seq_lengths) {
+    if (n <= 0 || n > c.max_seq_len)
+      return absl::InvalidArgumentError(absl::StrCat("sequence length ", n, " out of range"));
+    total += n + KvCache::kBlockTokens;
+  }
+  KvCache cache(one, total);
+  std::vector<KvSequence> seqs;
+  seqs.reserve(seq_lengths.size());
+  std::vector<int> zeros(c.max_seq_len, 0);
+  std::vector<SequenceChunk> chunks;
+  for (int n : seq_lengths) {
+    seqs.push_back(cache.NewSequence());
+    chunks.push_back({&seqs.back(), std::span<const int>(zeros.data(), n), nullptr, 0,
+                      LogitsMode::kNone});
+  }
+  RETURN_IF_ERROR(Prepare(chunks, &cache));
+  std::copy_n(hidden, static_cast<size_t>(T_) * c.dim, x_.data());
+  RunLayer(l, layer_weights ? *layer_weights : weights_->layers[l], factors, 0, chunks, &cache,
+           observer);
+  std::copy_n(x_.data(), static_cast<size_t>(T_) * c.dim, hidden);
+  return absl::OkStatus();
+}
+
+void Model::Logits(const float* hidden, int rows, float* logits) {
+  const ModelConfig& c = weights_->config;
+  last_.resize(static_cast<size_t>(rows) * c.dim);
+  pool_->ParallelFor(rows, 1, [&](int, int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      RmsNorm(hidden + i * c.dim, weights_->output_norm.data(), c.dim, c.norm_eps,
+              last_.data() + i * c.dim);
+  });
+  MatMul(*weights_->output, last_.data(), rows, c.dim, logits, c.vocab_size, pool_, &mm_);
 }
 
 }  // namespace eora

@@ -11,6 +11,7 @@
 // it from one thread at a time. It parallelises internally on the ThreadPool.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <span>
 #include <vector>
@@ -41,6 +42,18 @@ struct SequenceChunk {
   LogitsMode logits = LogitsMode::kLast;
 };
 
+// Receives the input of linear layers during a forward pass (calibration).
+// q/k/v share one input (reported as kQ), gate/up share one (reported as kGate);
+// kO and kDown are reported on their own. `x` is [rows][cols], row-major.
+class LinearObserver {
+ public:
+  virtual ~LinearObserver() = default;
+  virtual void OnLinearInput(int layer, Module module, const float* x, int rows, int cols) = 0;
+};
+
+// Low-rank factors for the seven modules of one layer (calibration overrides).
+using LayerFactors = std::array<LowRankFactors, kNumModules>;
+
 class Model {
  public:
   // `pool` is not owned and must outlive the model.
@@ -58,13 +71,35 @@ class Model {
   absl::Status Forward(std::span<const SequenceChunk> batch, KvCache* cache,
                        std::vector<float>* logits);
 
+  // ---- Layer-wise mode (calibration): whole sequences, one layer at a time.
+  // hidden is [sum(seq_lengths)][dim]: the sequences back to back, each starting at
+  // position 0.
+
+  // Writes the token embeddings of `tokens` into hidden [tokens.size()][dim].
+  absl::Status Embed(std::span<const int> tokens, float* hidden) const;
+  // Runs decoder layer `l` in place on `hidden`, with `layer_weights` instead of the
+  // model's (if non-null) and adding `factors` at their full rank (if non-null).
+  // The observer (optional) sees the input of every linear module.
+  absl::Status ForwardLayer(int l, const LayerWeights* layer_weights, const LayerFactors* factors,
+                            std::span<const int> seq_lengths, float* hidden,
+                            LinearObserver* observer);
+  // Final norm and output projection: logits [rows][vocab] of hidden [rows][dim].
+  void Logits(const float* hidden, int rows, float* logits);
+
  private:
+  absl::Status Prepare(std::span<const SequenceChunk> batch, KvCache* cache);
+  void RunLayer(int l, const LayerWeights& L, const LayerFactors* override_factors,
+                int cache_layer, std::span<const SequenceChunk> batch, KvCache* cache,
+                LinearObserver* observer);
+
   std::shared_ptr<const ModelWeights> weights_;
   ThreadPool* pool_;
 
   // Scratch, reused across steps.
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_, rope_cos_, rope_sin_, last_;
-  std::vector<int> pos_;
+  std::vector<int> pos_, chunk_of_;
+  std::vector<LowRankSegment> segments_;
+  int T_ = 0;
   MatMulScratch mm_;
   LowRankScratch lr_;
 };

@@ -366,3 +366,57 @@ TEST(Model, QuantizedModelTracksFloatModel) {
 
 }  // namespace
 }  // namespace eora
+
+namespace eora {
+namespace {
+
+class CountingObserver : public LinearObserver {
+ public:
+  void OnLinearInput(int layer, Module m, const float* x, int rows, int cols) override {
+    ++calls[static_cast<int>(m)];
+    last_rows = rows;
+    last_cols[static_cast<int>(m)] = cols;
+  }
+  int calls[kNumModules] = {};
+  int last_cols[kNumModules] = {};
+  int last_rows = 0;
+};
+
+TEST(Model, LayerWiseForwardEqualsForward) {
+  auto w = TinyModel();
+  ThreadPool pool(2);
+  Model m(w, &pool);
+  const auto t1 = RandomTokens(9, 21, 97), t2 = RandomTokens(4, 22, 97);
+  const int V = 97, D = m.config().dim;
+  std::vector<int> all = t1;
+  all.insert(all.end(), t2.begin(), t2.end());
+  std::vector<float> hidden(all.size() * D);
+  ASSERT_TRUE(m.Embed(all, hidden.data()).ok());
+  const std::vector<int> lens = {9, 4};
+  CountingObserver obs;
+  for (int l = 0; l < m.config().n_layers; ++l)
+    ASSERT_TRUE(m.ForwardLayer(l, nullptr, nullptr, lens, hidden.data(), &obs).ok());
+  EXPECT_EQ(obs.calls[static_cast<int>(Module::kQ)], 2);
+  EXPECT_EQ(obs.calls[static_cast<int>(Module::kDown)], 2);
+  EXPECT_EQ(obs.last_cols[static_cast<int>(Module::kDown)], m.config().ffn_dim);
+  EXPECT_EQ(obs.last_rows, 13);
+  std::vector<float> logits(all.size() * V);
+  m.Logits(hidden.data(), static_cast<int>(all.size()), logits.data());
+  EXPECT_LT(MaxRelDiff(logits.data() + 8 * V, RunAlone(m, t1).data(), V), 1e-5);
+  EXPECT_LT(MaxRelDiff(logits.data() + 12 * V, RunAlone(m, t2).data(), V), 1e-5);
+
+  // With per-layer factors: equals the adapter at full rank through Forward.
+  auto ad = MakeRandomAdapter("f", m.config(), 4, WeightStorage{}, 5, 0.2f);
+  ASSERT_TRUE(ad.ok());
+  ASSERT_TRUE(m.Embed(all, hidden.data()).ok());
+  for (int l = 0; l < m.config().n_layers; ++l) {
+    LayerFactors f;
+    for (int mi = 0; mi < kNumModules; ++mi) f[mi] = (*ad)->factors(l, static_cast<Module>(mi));
+    ASSERT_TRUE(m.ForwardLayer(l, nullptr, &f, lens, hidden.data(), nullptr).ok());
+  }
+  m.Logits(hidden.data(), static_cast<int>(all.size()), logits.data());
+  EXPECT_LT(MaxRelDiff(logits.data() + 8 * V, RunAlone(m, t1, ad->get(), 4).data(), V), 1e-5);
+}
+
+}  // namespace
+}  // namespace eora
