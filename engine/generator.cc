@@ -49,8 +49,16 @@ absl::StatusOr<int64_t> Generator::Add(GenerationRequest request) {
   } else if (request.rank != 0) {
     return absl::InvalidArgumentError("rank: set without an adapter");
   }
+  const int64_t need_tokens =
+      static_cast<int64_t>(request.prompt.size()) + request.max_new_tokens;
+  const int64_t need_blocks = (need_tokens + KvCache::kBlockTokens - 1) / KvCache::kBlockTokens;
+  if (need_blocks > cache_.total_blocks())
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "prompt + max_new_tokens = ", need_tokens, " tokens exceed the KV cache capacity of ",
+        cache_.capacity_tokens(), " tokens"));
   auto s = std::make_unique<Seq>(Seq{next_id_++, std::move(request), cache_.NewSequence(),
-                                     Sampler(SamplingParams{}), 0, {}, -1, false});
+                                     Sampler(SamplingParams{}), 0, {}, -1, false, false,
+                                     need_blocks});
   s->sampler = Sampler(s->req.sampling);
   const int64_t id = s->id;
   seqs_.push_back(std::move(s));
@@ -64,7 +72,7 @@ void Generator::Cancel(int64_t id) {
 
 int Generator::running() const {
   int n = 0;
-  for (const auto& s : seqs_) n += s->prefilled > 0 ? 1 : 0;
+  for (const auto& s : seqs_) n += s->admitted ? 1 : 0;
   return n;
 }
 int Generator::waiting() const { return static_cast<int>(seqs_.size()) - running(); }
@@ -72,6 +80,8 @@ int Generator::waiting() const { return static_cast<int>(seqs_.size()) - running
 void Generator::Finish(Seq* s, FinishReason r, absl::Status status,
                        const std::function<void(int64_t, GenerationResult)>& on_finish) {
   cache_.Free(&s->kv);
+  if (s->admitted) committed_blocks_ -= s->need_blocks;
+  s->admitted = false;
   GenerationResult res;
   res.tokens = std::move(s->out);
   res.finish = r;
@@ -119,6 +129,12 @@ absl::StatusOr<bool> Generator::Step(
     if (s->next_token >= 0 || budget <= 0 ||
         static_cast<int>(chunks.size()) >= options_.max_running)
       continue;
+    if (!s->admitted) {
+      // Admission in arrival order: stop at the first request that does not fit.
+      if (committed_blocks_ + s->need_blocks > cache_.total_blocks()) break;
+      s->admitted = true;
+      committed_blocks_ += s->need_blocks;
+    }
     const size_t n = std::min<size_t>(budget, s->req.prompt.size() - s->prefilled);
     SequenceChunk ch;
     ch.kv = &s->kv;
@@ -132,14 +148,9 @@ absl::StatusOr<bool> Generator::Step(
   }
   if (chunks.empty()) return !seqs_.empty();
 
+  // Admission reserved KV blocks for every admitted sequence, so this cannot run
+  // out of cache; any error here is a bug or invalid input and ends the step.
   absl::Status st = model_->Forward(chunks, &cache_, &logits_);
-  // The KV cache is full: retry without the newest prefill chunks.
-  while (absl::IsResourceExhausted(st) && chunks.size() > 1 &&
-         chunks.back().tokens.data() != &members.back()->next_token) {
-    chunks.pop_back();
-    members.pop_back();
-    st = model_->Forward(chunks, &cache_, &logits_);
-  }
   if (!st.ok()) return st;
 
   size_t row = 0;

@@ -49,7 +49,11 @@ class Generator {
  public:
   Generator(Model* model, const GeneratorOptions& options);
 
-  // Adds a request; returns its id. Validation errors come back immediately.
+  // Adds a request; returns its id. Validation errors come back immediately;
+  // RESOURCE_EXHAUSTED if prompt + max_new_tokens could never fit the KV cache.
+  // A request starts (is admitted) only when the KV blocks for its whole prompt and
+  // max_new_tokens are free of other admitted requests' reservations, so a running
+  // sequence never runs out of cache; the others wait in arrival order.
   absl::StatusOr<int64_t> Add(GenerationRequest request);
   // Runs one step. `on_token(id, token)` is called for each sampled token and
   // `on_finish(id, result)` once per finished request. Returns false when idle.
@@ -57,8 +61,8 @@ class Generator {
                             const std::function<void(int64_t, GenerationResult)>& on_finish);
   // Cancels a request (queued or running); its result has finish = kCancelled.
   void Cancel(int64_t id);
-  int running() const;
-  int waiting() const;
+  int running() const;  // admitted sequences
+  int waiting() const;  // queued, not yet admitted
   const KvCache& cache() const { return cache_; }
 
  private:
@@ -71,6 +75,8 @@ class Generator {
     std::vector<int> out;
     int next_token = -1;        // sampled but not yet fed
     bool cancelled = false;
+    bool admitted = false;      // holds a KV reservation of need_blocks
+    int64_t need_blocks = 0;    // blocks for prompt + max_new_tokens
   };
   void Finish(Seq* s, FinishReason r, absl::Status status,
               const std::function<void(int64_t, GenerationResult)>& on_finish);
@@ -79,6 +85,7 @@ class Generator {
   GeneratorOptions options_;
   KvCache cache_;
   int64_t next_id_ = 0;
+  int64_t committed_blocks_ = 0;  // sum of need_blocks over admitted sequences
   std::vector<std::unique_ptr<Seq>> seqs_;  // in arrival order
   std::vector<float> logits_;
 };

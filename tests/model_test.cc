@@ -420,3 +420,42 @@ TEST(Model, LayerWiseForwardEqualsForward) {
 
 }  // namespace
 }  // namespace eora
+
+namespace eora {
+namespace {
+
+TEST(Generator, AdmitsOnlyWhatFitsTheCacheAndFinishesEverything) {
+  auto w = TinyModel();
+  ThreadPool pool(1);
+  Model m(w, &pool);
+  GeneratorOptions opt;
+  opt.kv_cache_tokens = 64;  // 4 blocks of 16
+  Generator gen(&m, opt);
+  GenerationRequest big;
+  big.prompt.assign(40, 1);
+  big.max_new_tokens = 30;  // 70 tokens: 5 blocks, never fits
+  EXPECT_EQ(gen.Add(big).status().code(), absl::StatusCode::kResourceExhausted);
+  for (int i = 0; i < 5; ++i) {
+    GenerationRequest r;
+    r.prompt = RandomTokens(10, 300 + i, 97);
+    r.max_new_tokens = 10;  // 20 tokens: 2 blocks each, two at a time
+    ASSERT_TRUE(gen.Add(r).ok());
+  }
+  int finished = 0, max_running = 0;
+  for (;;) {
+    auto more = gen.Step(nullptr, [&](int64_t, GenerationResult r) {
+      EXPECT_EQ(r.finish, FinishReason::kLength);
+      EXPECT_EQ(r.tokens.size(), 10u);
+      ++finished;
+    });
+    ASSERT_TRUE(more.ok()) << more.status();
+    max_running = std::max(max_running, gen.running());
+    if (!*more) break;
+  }
+  EXPECT_EQ(finished, 5);
+  EXPECT_EQ(max_running, 2);
+  EXPECT_EQ(gen.cache().free_blocks(), 4);
+}
+
+}  // namespace
+}  // namespace eora
