@@ -71,9 +71,23 @@ struct LowRank {
 absl::StatusOr<LowRank> FitSvd(const float* dw, int m, int n, int r);
 absl::StatusOr<LowRank> FitActS(const float* dw, int m, int n, const CalibStats& s, int r);
 absl::StatusOr<LowRank> FitEora(const float* dw, int m, int n, const CalibStats& s, int r);
+// EoRA's input-side step (fp64 eigendecomposition of S / N with the relative cutoff),
+// computed once and reused by layers that share an input (q/k/v, gate/up):
+// FitEora(dw, m, n, ComputeEoraBasis(s), r) == FitEora(dw, m, n, s, r).
+struct EoraBasis {
+  int n = 0;
+  std::vector<double> q;                // [n][n] eigenvectors (columns) of S / N
+  std::vector<double> sqrt_lambda;      // [n] sqrt(lambda_i), 0 for dropped eigenvalues
+  std::vector<double> inv_sqrt_lambda;  // [n] 1 / sqrt(lambda_i), 0 for dropped eigenvalues
+  int kept = 0;                         // eigenvalues above the cutoff
+};
+absl::StatusOr<EoraBasis> ComputeEoraBasis(const CalibStats& s);
+absl::StatusOr<LowRank> FitEora(const float* dw, int m, int n, const EoraBasis& basis, int r);
 absl::StatusOr<LowRank> FitSlimLowRank(const float* dw, int m, int n, const CalibStats& s, int r);
 
-// CALDERA: W ~= Q + L R with Q (bits_q) and L, R (bits_lr) quantized.
+// CALDERA: W ~= Q + L R with Q (bits_q) and L, R (bits_lr) quantized. H = S / mean(diag S)
+// + 0.01 I. Scalar (GPTQ/LDLQ-style) quantizers, not the paper's E8 lattice codebooks:
+// Q per row groups of group_size, L per column (rank component), R per row.
 struct CalderaConfig {
   int rank = 16;
   int bits_q = 2;
@@ -82,10 +96,18 @@ struct CalderaConfig {
   int inner_iters = 3;
   int group_size = 0;
 };
+// Quantized factors of a low-rank adapter (see QuantizeFactors below).
+struct QuantizedFactors {
+  std::shared_ptr<const Matrix> a;
+  std::shared_ptr<const Matrix> bt;
+};
 struct CalderaResult {
   CompressedLinear q;  // the quantized backbone
-  LowRank lr;          // L = b [m][r], R = a [r][n] (dequantized from their quantized form)
-  double rel_error = 0;  // tr(dW H dW^T) / tr(W H W^T)
+  LowRank lr;          // L = b [m][r], R = a [r][n] (dequantized from their quantized form);
+                       // singular_values: top-r singular values of (W - Q) H^1/2 at the best
+                       // iteration's initialisation
+  QuantizedFactors lr_quant;  // R as `a` [r][n], L^T as `bt` [r][m] (bits_lr, one group per row)
+  double rel_error = 0;  // tr(dW H dW^T) / tr(W H W^T), dW = W - Q - L R, H as below
 };
 absl::StatusOr<CalderaResult> Caldera(const float* w, int m, int n, const CalibStats& s,
                                       const CalderaConfig& config);
@@ -94,10 +116,6 @@ absl::StatusOr<CalderaResult> Caldera(const float* w, int m, int n, const CalibS
 // asymmetric, one group per row, to `bits` (3 or 4), GPTQ-style on the factors when
 // stats are given (inputs of A are x; of B are A x), else RTN. Returns engine
 // matrices for A [r x n] and Bt [r x m].
-struct QuantizedFactors {
-  std::shared_ptr<const Matrix> a;
-  std::shared_ptr<const Matrix> bt;
-};
 absl::StatusOr<QuantizedFactors> QuantizeFactors(const LowRank& lr, int bits,
                                                  const CalibStats* input_stats);
 
