@@ -24,7 +24,7 @@ struct WeightStorage {
   bool sparse24 = false;
 };
 
-// Random weights (normal, std 0.02; norms 1) with the given storage for every
+// Random weights (uniform, std 0.02; norms 1) with the given storage for every
 // linear layer and the output projection. Generated one matrix at a time, so peak
 // memory is the stored model plus one float matrix.
 absl::StatusOr<std::shared_ptr<ModelWeights>> MakeSyntheticModel(const ModelConfig& config,
