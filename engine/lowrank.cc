@@ -115,7 +115,12 @@ void ApplyRuns(const std::vector<LowRankRun>& runs, const float* x, int ldx, flo
                          static_cast<int>(hi - starts[i]));
     }
   };
-  if (pool) pool->ParallelFor(total, 1, run_a); else run_a(0, 0, total);
+  int64_t work_a = 0, work_b = 0;
+  for (const auto& a : runs) {
+    work_a += static_cast<int64_t>(a.end - a.begin) * a.r * a.f->a->cols();
+    work_b += static_cast<int64_t>(a.end - a.begin) * a.r * a.f->bt->cols();
+  }
+  if (pool) pool->ParallelFor(total, 1, work_a, run_a); else run_a(0, 0, total);
 
   // y_s += u_s Bt[:r]: split output columns over threads.
   const int out = runs[0].f->bt->cols();
@@ -127,7 +132,7 @@ void ApplyRuns(const std::vector<LowRankRun>& runs, const float* x, int ldx, flo
                                     static_cast<int>(c0), static_cast<int>(c1));
     }
   };
-  if (pool) pool->ParallelFor(out, 16, run_b); else run_b(0, 0, out);
+  if (pool) pool->ParallelFor(out, 16, work_b, run_b); else run_b(0, 0, out);
 }
 
 }  // namespace

@@ -17,9 +17,10 @@ void QuantizedActivations::Quantize(const float* x, int rows, int c, int ldx) {
   q.resize(static_cast<size_t>(n) * padded_cols);
   scale.resize(static_cast<size_t>(n) * nb);
   sum.resize(static_cast<size_t>(n) * nb);
+  span = kQSpan;
   const auto quantize_row = cpu::Kernels().quantize_row;
   for (int t = 0; t < n; ++t) {
-    quantize_row(x + static_cast<size_t>(t) * ldx, c, padded_cols,
+    quantize_row(x + static_cast<size_t>(t) * ldx, c, padded_cols, span,
                  q.data() + static_cast<size_t>(t) * padded_cols, scale.data() + static_cast<size_t>(t) * nb,
                  sum.data() + static_cast<size_t>(t) * nb);
   }
@@ -86,7 +87,8 @@ void MatMulShared(const std::vector<MatMulOutput>& outs, const float* x, int n, 
   if (pool == nullptr) {
     run(0, 0, total);
   } else {
-    pool->ParallelFor(total, align, run);
+    const int64_t work = total * outs[0].w->cols() * n;  // multiply-adds
+    pool->ParallelFor(total, align, work, run);
   }
 }
 

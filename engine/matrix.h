@@ -24,6 +24,12 @@ namespace eora {
 
 // Block size of activation quantization (and of the packed weight layouts).
 inline constexpr int kQBlock = 32;
+// QuantizedActivations::Quantize gives each aligned run of kQSpan consecutive
+// blocks (kQSpan * 32 columns) one shared scale (the largest |x| of the run / 127),
+// which lets the integer kernels add the products of up to kQSpan blocks of one
+// weight group in int16 before converting and scaling (like llama.cpp's 256-wide
+// Q8_K). 1 gives one scale per 32-column block.
+inline constexpr int kQSpan = 4;
 
 // Activations quantized to int8 in blocks of kQBlock along the input dimension,
 // the input form of the integer kernels (quantized weights). Rows are padded with
@@ -35,6 +41,8 @@ struct QuantizedActivations {
   std::vector<int8_t> q;       // [n][padded_cols]
   std::vector<float> scale;    // [n][padded_cols / kQBlock]: x ~= scale * q
   std::vector<float> sum;      // [n][padded_cols / kQBlock]: scale * sum(q) over the block
+  // Aligned runs of `span` blocks share one scale value (repeated in `scale`).
+  int span = 1;
 
   // Quantizes x [n][cols] (row stride ldx) into *this, reusing its buffers.
   void Quantize(const float* x, int n, int cols, int ldx);

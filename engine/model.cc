@@ -176,7 +176,7 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
     }
   };
   auto norm_rows = [&](const std::vector<float>& w) {
-    pool_->ParallelFor(T, 1, [&](int, int64_t b, int64_t e) {
+    pool_->ParallelFor(T, 1, static_cast<int64_t>(T) * dim * 4, [&](int, int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t)
         RmsNorm(x_.data() + t * dim, w.data(), dim, c.norm_eps, xn_.data() + t * dim);
     });
@@ -194,7 +194,8 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
     lowrank(l, Module::kK, xn_.data(), dim, k_.data(), kvd);
     lowrank(l, Module::kV, xn_.data(), dim, v_.data(), kvd);
     // RoPE, then store k/v in the cache.
-    pool_->ParallelFor(T, 1, [&](int, int64_t b, int64_t e) {
+    pool_->ParallelFor(T, 1, static_cast<int64_t>(T) * (qd + 2 * kvd) * 2,
+                       [&](int, int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
         const float* cs = rope_cos_.data() + t * half;
         const float* sn = rope_sin_.data() + t * half;
@@ -207,7 +208,10 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
       }
     });
     // Causal attention: token t attends to positions [0, pos_t] of its sequence.
-    pool_->ParallelFor(static_cast<int64_t>(T) * c.n_heads, 1, [&](int, int64_t b, int64_t e) {
+    int64_t att_work = 0;
+    for (int t = 0; t < T; ++t) att_work += static_cast<int64_t>(pos_[t] + 1) * qd * 2;
+    pool_->ParallelFor(static_cast<int64_t>(T) * c.n_heads, 1, att_work,
+                       [&](int, int64_t b, int64_t e) {
       std::vector<float> scores;
       std::vector<const float*> kb, vb;
       for (int64_t th = b; th < e; ++th) {
@@ -339,7 +343,7 @@ absl::Status Model::ForwardLayer(int l, const LayerWeights* layer_weights,
 void Model::Logits(const float* hidden, int rows, float* logits) {
   const ModelConfig& c = weights_->config;
   last_.resize(static_cast<size_t>(rows) * c.dim);
-  pool_->ParallelFor(rows, 1, [&](int, int64_t b, int64_t e) {
+  pool_->ParallelFor(rows, 1, static_cast<int64_t>(rows) * c.dim * 4, [&](int, int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i)
       RmsNorm(hidden + i * c.dim, weights_->output_norm.data(), c.dim, c.norm_eps,
               last_.data() + i * c.dim);

@@ -30,11 +30,16 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::WorkerLoop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    // Spin for a short while: decode issues parallel regions every few microseconds.
-    int spins = 0;
-    while (generation_.load(std::memory_order_acquire) == seen && spins < 20000) {
-      EORA_PAUSE();
-      ++spins;
+    // Spin for a short while (decode issues parallel regions every few
+    // microseconds), then yield, then sleep: never burn a core for long, since
+    // the machine may be shared or oversubscribed.
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == seen && spins < 4000;
+         ++spins) {
+      if (spins < 2000) {
+        EORA_PAUSE();
+      } else {
+        std::this_thread::yield();
+      }
     }
     if (generation_.load(std::memory_order_acquire) == seen) {
       std::unique_lock<std::mutex> lock(mu_);
@@ -60,7 +65,13 @@ void ThreadPool::RunOnAll(const std::function<void(int)>& fn) {
   }
   cv_.notify_all();
   fn(0);
-  while (pending_.load(std::memory_order_acquire) != 0) EORA_PAUSE();
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < 2000) {
+      EORA_PAUSE();
+    } else {
+      std::this_thread::yield();  // a worker may be descheduled: give it the core
+    }
+  }
 }
 
 void ThreadPool::ParallelFor(int64_t n, int64_t align,

@@ -31,6 +31,18 @@ class ThreadPool {
   void ParallelFor(int64_t n, int64_t align,
                    const std::function<void(int, int64_t, int64_t)>& fn);
 
+  // As above, but runs inline on the caller when `work` (an estimate in
+  // multiply-adds) is too small to repay waking the workers.
+  static constexpr int64_t kMinParallelWork = 1 << 15;
+  void ParallelFor(int64_t n, int64_t align, int64_t work,
+                   const std::function<void(int, int64_t, int64_t)>& fn) {
+    if (work < kMinParallelWork) {
+      if (n > 0) fn(0, 0, n);
+      return;
+    }
+    ParallelFor(n, align, fn);
+  }
+
   // Calls fn(thread_index) once on every thread (including the caller, index 0).
   void RunOnAll(const std::function<void(int)>& fn);
 

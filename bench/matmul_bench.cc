@@ -1,0 +1,102 @@
+// Google Benchmark micro-benchmarks of the CPU matrix kernels: GEMV (decode) and
+// 64-row GEMM (prefill) for every weight format at the shapes of a 110M Llama
+// (dim 768, FFN 2048, vocab 32000), on 1 and 2 threads.
+//
+// Counters: bytes_per_second = StorageBytes() per product (weights streamed),
+// "GMAC/s" = multiply-accumulates per second.
+//
+// Register (bench/CMakeLists.txt):
+//   find_package(benchmark CONFIG REQUIRED)
+//   add_executable(eora-matmul-bench matmul_bench.cc)
+//   target_link_libraries(eora-matmul-bench PRIVATE eora_engine benchmark::benchmark)
+// Run: eora-matmul-bench --benchmark_filter='q4g128' (EORA_ISA=generic|avx2 to compare).
+#include <benchmark/benchmark.h>
+
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/matrix.h"
+#include "engine/thread_pool.h"
+
+namespace eora {
+namespace {
+
+struct Format {
+  const char* name;
+  int kind;  // 0 f32, 1 f16, 2 bf16, 3 quant, 4 2:4 f16, 5 2:4 quant
+  int bits;
+  int group;
+};
+
+const Format kFormats[] = {
+    {"f32", 0, 0, 0},        {"f16", 1, 0, 0},          {"bf16", 2, 0, 0},
+    {"q4g32", 3, 4, 32},     {"q4g64", 3, 4, 64},       {"q4g128", 3, 4, 128},
+    {"q3g64", 3, 3, 64},     {"q3g128", 3, 3, 128},     {"q2g64", 3, 2, 64},
+    {"sp24_f16", 4, 0, 0},   {"sp24_q4g64", 5, 4, 64},  {"sp24_q3g128", 5, 3, 128},
+};
+
+std::unique_ptr<Matrix> Make(const Format& f, int rows, int cols) {
+  std::mt19937 rng(rows * 31 + cols);
+  std::normal_distribution<float> dist(0.f, 0.02f);
+  std::vector<float> w(static_cast<size_t>(rows) * cols);
+  for (auto& v : w) v = dist(rng);
+  if (f.kind >= 4) {
+    for (size_t i = 0; i + 3 < w.size(); i += 4) w[i + 1] = w[i + 3] = 0.f;
+  }
+  switch (f.kind) {
+    case 0: return MakeDenseMatrixFromF32(DType::kF32, rows, cols, w.data());
+    case 1: return MakeDenseMatrixFromF32(DType::kF16, rows, cols, w.data());
+    case 2: return MakeDenseMatrixFromF32(DType::kBF16, rows, cols, w.data());
+    case 3: return std::move(MakeQuantizedMatrix(QuantizeRtn(w.data(), rows, cols, {f.bits, f.group})).value());
+    case 4: return std::move(MakeSparse24Matrix(rows, cols, w.data()).value());
+    default: return std::move(MakeSparse24QuantMatrix(rows, cols, w.data(), {f.bits, f.group}).value());
+  }
+}
+
+void BM_MatMul(benchmark::State& state, Format f, int rows, int cols, int n, int threads) {
+  auto m = Make(f, rows, cols);
+  std::vector<float> x(static_cast<size_t>(n) * cols, 0.5f), y(static_cast<size_t>(n) * rows);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 7919) % 113) / 113.f - 0.5f;
+  ThreadPool pool(threads);
+  MatMulScratch scratch;
+  for (auto _ : state) {
+    MatMul(*m, x.data(), n, cols, y.data(), rows, &pool, &scratch);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(m->StorageBytes()));
+  state.counters["GMAC/s"] = benchmark::Counter(static_cast<double>(rows) * cols * n * state.iterations() / 1e9,
+                                                benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(KernelIsaName()) + " " + m->Describe());
+}
+
+int Register() {
+  struct Shape {
+    int rows, cols;
+  };
+  const Shape shapes[] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
+  for (const Format& f : kFormats) {
+    for (const Shape& s : shapes) {
+      for (int n : {1, 64}) {
+        if (n == 64 && s.rows == 32000) continue;
+        for (int threads : {1, 2}) {
+          const std::string name = std::string("MatMul/") + f.name + "/" + std::to_string(s.rows) + "x" +
+                                   std::to_string(s.cols) + "/n" + std::to_string(n) + "/t" + std::to_string(threads);
+          benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, f, s.rows, s.cols, n, threads)
+              ->Unit(benchmark::kMicrosecond)
+              ->UseRealTime();
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+const int kRegistered = Register();
+
+}  // namespace
+}  // namespace eora
+
+BENCHMARK_MAIN();

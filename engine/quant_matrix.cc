@@ -1,0 +1,299 @@
+#include "engine/quant_matrix.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "engine/backend/cpu/kernels.h"
+#include "engine/backend/cpu/quant_pack.h"
+#include "engine/dtype.h"
+
+namespace eora {
+namespace {
+
+int PaddedCols(int cols) { return (cols + kQBlock - 1) / kQBlock * kQBlock; }
+
+// Next F16 value towards +inf / -inf (finite inputs).
+uint16_t F16Up(uint16_t h) {
+  if (h == 0x8000) h = 0;
+  if ((h & 0x8000) == 0) return static_cast<uint16_t>(h + 1);
+  return static_cast<uint16_t>(h - 1);
+}
+uint16_t F16Down(uint16_t h) {
+  if (h == 0) return 0x8001;
+  if ((h & 0x8000) == 0) return static_cast<uint16_t>(h - 1);
+  return static_cast<uint16_t>(h + 1);
+}
+
+bool F16Finite(uint16_t h) { return (h & 0x7c00) != 0x7c00; }
+
+}  // namespace
+
+int QuantizedWeights::group_size_effective() const {
+  return spec.group_size > 0 ? spec.group_size : std::max(kQBlock, PaddedCols(cols));
+}
+
+int QuantizedWeights::groups() const {
+  const int g = group_size_effective();
+  return std::max(1, (PaddedCols(cols) + g - 1) / g);
+}
+
+int QuantBlockBytes(int bits) { return cpu::QuantBlockBytes(bits); }
+void PackQuantBlock(int bits, const uint8_t* codes32, uint8_t* out) {
+  cpu::PackBlock(bits, codes32, out);
+}
+void UnpackQuantBlock(int bits, const uint8_t* in, uint8_t* codes32) {
+  cpu::UnpackBlock(bits, in, codes32);
+}
+
+absl::Status ValidateQuantSpec(int rows, int cols, const QuantSpec& spec) {
+  if (spec.bits < 2 || spec.bits > 4)
+    return absl::InvalidArgumentError(absl::StrCat("quantized matrix: bits must be 2, 3 or 4, got ", spec.bits));
+  if (spec.group_size < 0 || spec.group_size % kQBlock != 0)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "quantized matrix: group_size must be 0 or a positive multiple of 32, got ", spec.group_size));
+  if (rows < 1 || cols < 1)
+    return absl::InvalidArgumentError(absl::StrCat("quantized matrix: bad shape ", rows, "x", cols));
+  return absl::OkStatus();
+}
+
+cpu::QActView MakeQActView(const QuantizedActivations& qx, int bpg, int groups) {
+  cpu::QActView v;
+  v.q = qx.q.data();
+  v.d = qx.scale.data();
+  v.s = qx.sum.data();
+  v.n = qx.n;
+  v.padded_cols = qx.padded_cols;
+  v.nb = qx.padded_cols / kQBlock;
+  v.groups = groups;
+  v.span = qx.span;
+  float* gs = cpu::ScratchFloats(static_cast<size_t>(qx.n) * groups + 1, 1);
+  for (int t = 0; t < qx.n; ++t) {
+    const float* s = v.s + static_cast<size_t>(t) * v.nb;
+    float* g = gs + static_cast<size_t>(t) * groups;
+    for (int i = 0; i < groups; ++i) {
+      const int b1 = std::min(v.nb, (i + 1) * bpg);
+      float acc = 0.f;
+      for (int b = i * bpg; b < b1; ++b) acc += s[b];
+      g[i] = acc;
+    }
+  }
+  v.gsum = gs;
+  return v;
+}
+
+// ---- QuantMatrix -------------------------------------------------------------------
+
+QuantMatrix::QuantMatrix(PackedQuant p) : Matrix(p.rows, p.cols), p_(std::move(p)) {
+  blocks_ = PaddedCols(p_.cols) / kQBlock;
+  QuantizedWeights shape;
+  shape.rows = p_.rows;
+  shape.cols = p_.cols;
+  shape.spec = p_.spec;
+  groups_ = shape.groups();
+  bpg_ = shape.group_size_effective() / kQBlock;
+  row_bytes_ = static_cast<size_t>(blocks_) * QuantBlockBytes(p_.spec.bits);
+}
+
+absl::StatusOr<std::unique_ptr<QuantMatrix>> QuantMatrix::FromPacked(PackedQuant p) {
+  if (absl::Status s = ValidateQuantSpec(p.rows, p.cols, p.spec); !s.ok()) return s;
+  QuantizedWeights shape;
+  shape.rows = p.rows;
+  shape.cols = p.cols;
+  shape.spec = p.spec;
+  const size_t groups = static_cast<size_t>(p.rows) * shape.groups();
+  const size_t bytes = static_cast<size_t>(p.rows) * (PaddedCols(p.cols) / kQBlock) *
+                       QuantBlockBytes(p.spec.bits);
+  if (p.packed.size() != bytes)
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantized matrix: packed codes have ", p.packed.size(), " bytes, expected ", bytes));
+  if (p.scale_f16.size() != groups || p.min_f16.size() != groups)
+    return absl::InvalidArgumentError(absl::StrCat("quantized matrix: expected ", groups,
+                                                   " scales and mins, got ", p.scale_f16.size(), " and ",
+                                                   p.min_f16.size()));
+  for (size_t i = 0; i < groups; ++i) {
+    if (!F16Finite(p.scale_f16[i]) || !F16Finite(p.min_f16[i]))
+      return absl::InvalidArgumentError("quantized matrix: non-finite scale or min");
+  }
+  return std::unique_ptr<QuantMatrix>(new QuantMatrix(std::move(p)));
+}
+
+absl::StatusOr<std::unique_ptr<QuantMatrix>> QuantMatrix::Create(const QuantizedWeights& w) {
+  if (absl::Status s = ValidateQuantSpec(w.rows, w.cols, w.spec); !s.ok()) return s;
+  const size_t n = static_cast<size_t>(w.rows) * w.cols;
+  const size_t groups = static_cast<size_t>(w.rows) * w.groups();
+  if (w.codes.size() != n)
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantized matrix: ", w.codes.size(), " codes for a ", w.rows, "x", w.cols, " matrix"));
+  if (w.scale.size() != groups || w.min.size() != groups)
+    return absl::InvalidArgumentError(absl::StrCat("quantized matrix: expected ", groups,
+                                                   " scales and mins, got ", w.scale.size(), " and ",
+                                                   w.min.size()));
+  const int qmax = (1 << w.spec.bits) - 1;
+  for (size_t i = 0; i < n; ++i) {
+    if (w.codes[i] > qmax)
+      return absl::InvalidArgumentError(absl::StrCat("quantized matrix: code ", w.codes[i], " at ", i,
+                                                     " does not fit in ", w.spec.bits, " bits"));
+  }
+  PackedQuant p;
+  p.rows = w.rows;
+  p.cols = w.cols;
+  p.spec = w.spec;
+  p.scale_f16.resize(groups);
+  p.min_f16.resize(groups);
+  for (size_t i = 0; i < groups; ++i) {
+    if (!std::isfinite(w.scale[i]) || !std::isfinite(w.min[i]))
+      return absl::InvalidArgumentError("quantized matrix: non-finite scale or min");
+    p.scale_f16[i] = F32ToF16(w.scale[i]);
+    p.min_f16[i] = F32ToF16(w.min[i]);
+    if (!F16Finite(p.scale_f16[i]) || !F16Finite(p.min_f16[i]))
+      return absl::InvalidArgumentError("quantized matrix: scale or min overflows F16");
+  }
+  const int blocks = PaddedCols(w.cols) / kQBlock;
+  const int bb = QuantBlockBytes(w.spec.bits);
+  p.packed.assign(static_cast<size_t>(w.rows) * blocks * bb, 0);
+  uint8_t codes[32];
+  for (int r = 0; r < w.rows; ++r) {
+    const uint8_t* src = w.codes.data() + static_cast<size_t>(r) * w.cols;
+    for (int b = 0; b < blocks; ++b) {
+      const int k0 = b * kQBlock;
+      const int k1 = std::min(w.cols, k0 + kQBlock);
+      std::memset(codes, 0, sizeof(codes));
+      std::memcpy(codes, src + k0, k1 - k0);
+      cpu::PackBlock(w.spec.bits, codes, p.packed.data() + (static_cast<size_t>(r) * blocks + b) * bb);
+    }
+  }
+  return std::unique_ptr<QuantMatrix>(new QuantMatrix(std::move(p)));
+}
+
+std::string QuantMatrix::Describe() const {
+  if (p_.spec.group_size == 0) return absl::StrCat("q", p_.spec.bits, " per-channel");
+  return absl::StrCat("q", p_.spec.bits, " g", p_.spec.group_size);
+}
+
+size_t QuantMatrix::StorageBytes() const {
+  return p_.packed.size() + 2 * (p_.scale_f16.size() + p_.min_f16.size());
+}
+
+cpu::QuantView QuantMatrix::view() const {
+  cpu::QuantView v;
+  v.codes = p_.packed.data();
+  v.scale = p_.scale_f16.data();
+  v.min = p_.min_f16.data();
+  v.rows = rows();
+  v.cols = cols();
+  v.blocks = blocks_;
+  v.groups = groups_;
+  v.bpg = bpg_;
+  v.bits = p_.spec.bits;
+  v.row_bytes = row_bytes_;
+  return v;
+}
+
+void QuantMatrix::MatMulRows(const MatMulInput& in, float* y, int ldy, int r0, int r1) const {
+  if (r0 >= r1 || in.n <= 0) return;
+  QuantizedActivations local;
+  const QuantizedActivations* qx = in.qx;
+  if (qx == nullptr || qx->cols != cols() || qx->n != in.n) {
+    local.Quantize(in.x, in.n, cols(), in.ldx);
+    qx = &local;
+  }
+  const cpu::QActView xv = MakeQActView(*qx, bpg_, groups_);
+  cpu::Kernels().quant_gemm[p_.spec.bits](view(), xv, y, ldy, r0, r1);
+}
+
+void QuantMatrix::AccumulateTransposed(const float* u, int ldu, int n, int r, float* y, int ldy, int c0,
+                                       int c1) const {
+  c0 = std::max(c0, 0);
+  c1 = std::min(c1, cols());
+  r = std::min(r, rows());
+  if (n <= 0 || r <= 0 || c0 >= c1) return;
+  cpu::Kernels().quant_acc_t[p_.spec.bits](view(), u, ldu, n, r, y, ldy, c0, c1);
+}
+
+void QuantMatrix::DequantizeRow(int r, float* out) const {
+  cpu::Kernels().quant_dequant_row[p_.spec.bits](view(), r, out);
+}
+
+void QuantMatrix::RowCodes(int r, uint8_t* out) const {
+  uint8_t codes[32];
+  const int bb = QuantBlockBytes(p_.spec.bits);
+  const uint8_t* row = p_.packed.data() + static_cast<size_t>(r) * row_bytes_;
+  for (int b = 0; b < blocks_; ++b) {
+    cpu::UnpackBlock(p_.spec.bits, row + static_cast<size_t>(b) * bb, codes);
+    const int k0 = b * kQBlock;
+    const int k1 = std::min(cols(), k0 + kQBlock);
+    std::memcpy(out + k0, codes, k1 - k0);
+  }
+}
+
+QuantizedWeights QuantMatrix::Unpack() const {
+  QuantizedWeights w;
+  w.rows = rows();
+  w.cols = cols();
+  w.spec = p_.spec;
+  w.codes.resize(static_cast<size_t>(rows()) * cols());
+  for (int r = 0; r < rows(); ++r) RowCodes(r, w.codes.data() + static_cast<size_t>(r) * cols());
+  w.scale.resize(p_.scale_f16.size());
+  w.min.resize(p_.min_f16.size());
+  for (size_t i = 0; i < w.scale.size(); ++i) {
+    w.scale[i] = F16ToF32(p_.scale_f16[i]);
+    w.min[i] = F16ToF32(p_.min_f16[i]);
+  }
+  return w;
+}
+
+// ---- Public factories -----------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<Matrix>> MakeQuantizedMatrix(const QuantizedWeights& w) {
+  auto m = QuantMatrix::Create(w);
+  if (!m.ok()) return m.status();
+  return std::unique_ptr<Matrix>(std::move(*m));
+}
+
+QuantizedWeights QuantizeRtn(const float* w, int rows, int cols, QuantSpec spec) {
+  QuantizedWeights q;
+  q.rows = rows;
+  q.cols = cols;
+  q.spec = spec;
+  const int groups = q.groups();
+  const int gsize = q.group_size_effective();
+  const int qmax = (1 << spec.bits) - 1;
+  q.codes.assign(static_cast<size_t>(rows) * cols, 0);
+  q.scale.assign(static_cast<size_t>(rows) * groups, 0.f);
+  q.min.assign(static_cast<size_t>(rows) * groups, 0.f);
+  for (int r = 0; r < rows; ++r) {
+    const float* wr = w + static_cast<size_t>(r) * cols;
+    uint8_t* cr = q.codes.data() + static_cast<size_t>(r) * cols;
+    for (int g = 0; g < groups; ++g) {
+      const int k0 = g * gsize;
+      const int k1 = std::min(cols, k0 + gsize);
+      if (k0 >= k1) continue;  // group entirely in padding
+      float mn = wr[k0], mx = wr[k0];
+      for (int k = k0; k < k1; ++k) {
+        mn = std::min(mn, wr[k]);
+        mx = std::max(mx, wr[k]);
+      }
+      // Round min down and scale up to F16 so that [min, min + qmax * scale] covers
+      // [mn, mx] with the stored values: every element is then within scale / 2.
+      uint16_t m16 = F32ToF16(mn);
+      if (F16ToF32(m16) > mn) m16 = F16Down(m16);
+      const float m = F16ToF32(m16);
+      uint16_t s16 = F32ToF16((mx - m) / qmax);
+      for (int it = 0; it < 64 && F16ToF32(s16) * qmax + m < mx; ++it) s16 = F16Up(s16);
+      const float s = F16ToF32(s16);
+      const float inv = s > 0 ? 1.f / s : 0.f;
+      for (int k = k0; k < k1; ++k) {
+        const float c = std::nearbyint((wr[k] - m) * inv);
+        cr[k] = static_cast<uint8_t>(std::clamp(c, 0.f, static_cast<float>(qmax)));
+      }
+      q.scale[static_cast<size_t>(r) * groups + g] = s;
+      q.min[static_cast<size_t>(r) * groups + g] = m;
+    }
+  }
+  return q;
+}
+
+}  // namespace eora

@@ -1,0 +1,87 @@
+// Concrete group-wise quantized and 2:4 sparse matrices, with access to their
+// packed storage for file writers and a factory from already-packed bytes for
+// loaders. Layouts: docs/formats.md ("version 1").
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/backend/cpu/kernels.h"
+#include "engine/matrix.h"
+
+namespace eora {
+
+// Version of the packed layouts below (docs/formats.md).
+inline constexpr int kPackedFormatVersion = 1;
+
+// Bytes of one packed block of 32 codes: 16 (4-bit), 12 (3-bit), 8 (2-bit).
+int QuantBlockBytes(int bits);
+// Packs 32 codes (each < 2^bits) into QuantBlockBytes(bits) bytes, and back.
+void PackQuantBlock(int bits, const uint8_t* codes32, uint8_t* out);
+void UnpackQuantBlock(int bits, const uint8_t* in, uint8_t* codes32);
+
+// Validates a QuantSpec and a shape (bits in {2,3,4}, group_size >= 0 and a
+// multiple of 32, rows, cols >= 1).
+absl::Status ValidateQuantSpec(int rows, int cols, const QuantSpec& spec);
+
+// Int8 activations as a kernel view, with per-group block sums for groups of
+// `bpg` blocks (`groups` per row) computed into thread-local scratch (slot 1).
+cpu::QActView MakeQActView(const QuantizedActivations& qx, int bpg, int groups);
+
+// The packed storage of a group-wise quantized matrix:
+//   packed:   [rows][blocks * QuantBlockBytes(bits)], blocks = ceil(cols / 32)
+//   scale/min: F16 bits, [rows][groups]
+struct PackedQuant {
+  int rows = 0, cols = 0;
+  QuantSpec spec;
+  std::vector<uint8_t> packed;
+  std::vector<uint16_t> scale_f16;
+  std::vector<uint16_t> min_f16;
+};
+
+// MatrixFormat::kQuant.
+class QuantMatrix final : public Matrix {
+ public:
+  // Validates the unpacked form (sizes, codes < 2^bits, finite scales/mins) and packs.
+  static absl::StatusOr<std::unique_ptr<QuantMatrix>> Create(const QuantizedWeights& w);
+  // Takes already-packed storage (e.g. read from a file); validates sizes only.
+  static absl::StatusOr<std::unique_ptr<QuantMatrix>> FromPacked(PackedQuant p);
+
+  MatrixFormat format() const override { return MatrixFormat::kQuant; }
+  std::string Describe() const override;
+  size_t StorageBytes() const override;
+  bool WantsQuantizedInput() const override { return true; }
+  void MatMulRows(const MatMulInput& in, float* y, int ldy, int r0, int r1) const override;
+  void AccumulateTransposed(const float* u, int ldu, int n, int r, float* y, int ldy, int c0,
+                            int c1) const override;
+  void DequantizeRow(int r, float* out) const override;
+
+  const QuantSpec& spec() const { return p_.spec; }
+  int bits() const { return p_.spec.bits; }
+  int blocks_per_row() const { return blocks_; }
+  int groups() const { return groups_; }
+  int group_size_effective() const { return bpg_ * 32; }
+  size_t row_bytes() const { return row_bytes_; }
+  // Packed storage (see PackedQuant).
+  const PackedQuant& packed() const { return p_; }
+  const std::vector<uint8_t>& packed_codes() const { return p_.packed; }
+  const std::vector<uint16_t>& scale_f16() const { return p_.scale_f16; }
+  const std::vector<uint16_t>& min_f16() const { return p_.min_f16; }
+  // Unpacked codes of row r (cols() values).
+  void RowCodes(int r, uint8_t* out) const;
+  // The unpacked form: codes and the (F16-rounded) scales and mins as floats.
+  QuantizedWeights Unpack() const;
+  // Kernel view of the storage.
+  cpu::QuantView view() const;
+
+ private:
+  explicit QuantMatrix(PackedQuant p);
+  PackedQuant p_;
+  int blocks_ = 0, groups_ = 0, bpg_ = 1;
+  size_t row_bytes_ = 0;
+};
+
+}  // namespace eora

@@ -1,0 +1,603 @@
+// Weight formats and CPU kernels: every format x bits x group size x available
+// ISA x odd shapes against double-precision references.
+//
+// Tolerances:
+//  * Dense and float-input paths (F32/F16/BF16, 2:4 F16, AccumulateTransposed):
+//      |y - y_ref| <= 1e-5 * sum_k |W[r][k] x[k]| + 1e-30
+//    (float accumulation error, relative to the absolute-value product).
+//  * Int8-activation paths (kQuant, kSparse24Quant): x is quantized to d*q, one d per
+//    aligned run of kQSpan 32-blocks, d = amax(run) / 127, |x - d*q| <= d / 2, so
+//      |y - y_ref| <= sum_k |W[r][k]| * d_{b(k)} / 2  (* 1.001)  + 1e-5 * sum_k |W[r][k] x[k]|
+//    where y_ref uses the float x and the exactly dequantized W (Dequantize()).
+//    (The activation error dominates: e.g. ~1e-2 relative for Gaussian data.)
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/backend/cpu/kernels.h"
+#include "engine/dtype.h"
+#include "engine/matrix.h"
+#include "engine/quant_matrix.h"
+#include "engine/sparse_matrix.h"
+#include "engine/thread_pool.h"
+#include "gtest/gtest.h"
+
+namespace eora {
+namespace {
+
+struct Shape {
+  int rows, cols;
+};
+const Shape kShapes[] = {{1, 1}, {3, 8}, {8, 64}, {13, 172}, {172, 64}, {5, 300}, {9, 33}, {4, 129}, {6, 2270}};
+const int kBatch[] = {1, 2, 3, 4, 5, 8, 17};
+
+std::vector<std::string> Isas() {
+  std::vector<std::string> out;
+  for (const char* isa : {"generic", "avx2", "avx512"}) {
+    if (cpu::KernelsFor(isa) != nullptr) out.push_back(isa);
+  }
+  return out;
+}
+
+// Restores the default ISA at the end of a test.
+class IsaGuard {
+ public:
+  IsaGuard() : saved_(cpu::ActiveIsaName()) {}
+  ~IsaGuard() { cpu::SetActiveIsa(saved_); }
+
+ private:
+  std::string saved_;
+};
+
+std::vector<float> RandomVec(size_t n, std::mt19937* rng, float scale = 1.f) {
+  std::normal_distribution<float> dist(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(*rng);
+  return v;
+}
+
+// 2:4-sparse random matrix: in each group of 4, zero 2 (or more) entries.
+std::vector<float> RandomSparse24(int rows, int cols, std::mt19937* rng) {
+  std::vector<float> w = RandomVec(static_cast<size_t>(rows) * cols, rng);
+  std::uniform_int_distribution<int> pick(0, 5);
+  const int pairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
+  for (int r = 0; r < rows; ++r) {
+    for (int g = 0; g * 4 < cols; ++g) {
+      const int* keep = pairs[pick(*rng)];
+      const bool drop_one = pick(*rng) == 0;  // sometimes only 1 non-zero
+      for (int p = 0; p < 4; ++p) {
+        const int c = 4 * g + p;
+        if (c >= cols) continue;
+        const bool kept = (p == keep[0] && !drop_one) || p == keep[1];
+        if (!kept) w[static_cast<size_t>(r) * cols + c] = 0.f;
+      }
+    }
+  }
+  return w;
+}
+
+enum class Kind { kF32, kF16, kBF16, kQuant, kSparse, kSparseQuant };
+
+struct Case {
+  Kind kind;
+  int bits = 4;
+  int group = 64;
+  std::string Name() const {
+    const char* names[] = {"f32", "f16", "bf16", "quant", "sparse24", "sparse24quant"};
+    return std::string(names[static_cast<int>(kind)]) + " b" + std::to_string(bits) + " g" +
+           std::to_string(group);
+  }
+  bool IntInput() const { return kind == Kind::kQuant || kind == Kind::kSparseQuant; }
+};
+
+std::vector<Case> AllCases() {
+  std::vector<Case> cases = {{Kind::kF32}, {Kind::kF16}, {Kind::kBF16}, {Kind::kSparse}};
+  for (int bits : {2, 3, 4}) {
+    // 32/64/128/0 are the common ones; 96 and 256 exercise other blocks-per-group.
+    for (int group : {32, 64, 128, 0, 96, 256}) {
+      cases.push_back({Kind::kQuant, bits, group});
+      cases.push_back({Kind::kSparseQuant, bits, group});
+    }
+  }
+  return cases;
+}
+
+std::unique_ptr<Matrix> Build(const Case& c, int rows, int cols, std::mt19937* rng) {
+  switch (c.kind) {
+    case Kind::kF32:
+    case Kind::kF16:
+    case Kind::kBF16: {
+      const DType dt = c.kind == Kind::kF32 ? DType::kF32 : c.kind == Kind::kF16 ? DType::kF16 : DType::kBF16;
+      const auto w = RandomVec(static_cast<size_t>(rows) * cols, rng);
+      return MakeDenseMatrixFromF32(dt, rows, cols, w.data());
+    }
+    case Kind::kQuant: {
+      const auto w = RandomVec(static_cast<size_t>(rows) * cols, rng);
+      auto m = MakeQuantizedMatrix(QuantizeRtn(w.data(), rows, cols, {c.bits, c.group}));
+      EXPECT_TRUE(m.ok()) << m.status();
+      return std::move(*m);
+    }
+    case Kind::kSparse: {
+      const auto w = RandomSparse24(rows, cols, rng);
+      auto m = MakeSparse24Matrix(rows, cols, w.data());
+      EXPECT_TRUE(m.ok()) << m.status();
+      return std::move(*m);
+    }
+    case Kind::kSparseQuant: {
+      const auto w = RandomSparse24(rows, cols, rng);
+      auto m = MakeSparse24QuantMatrix(rows, cols, w.data(), {c.bits, c.group});
+      EXPECT_TRUE(m.ok()) << m.status();
+      return std::move(*m);
+    }
+  }
+  return nullptr;
+}
+
+// Checks y[t][r] for r in [r0, r1) against the double reference on Dequantize().
+void CheckProduct(const Matrix& m, const std::vector<float>& wd, const float* x, int n, int ldx,
+                  const float* y, int ldy, int r0, int r1, bool int_input) {
+  const int cols = m.cols();
+  const int span = kQSpan * 32;
+  for (int t = 0; t < n; ++t) {
+    const float* xt = x + static_cast<size_t>(t) * ldx;
+    for (int r = r0; r < r1; ++r) {
+      const float* wr = wd.data() + static_cast<size_t>(r) * cols;
+      double ref = 0, absprod = 0, qerr = 0;
+      for (int b = 0; b * 32 < cols; ++b) {
+        double amax = 0;
+        const int s0 = b * 32 / span * span;
+        for (int k = s0; k < std::min(cols, s0 + span); ++k) amax = std::max(amax, std::fabs(double(xt[k])));
+        const double half_step = amax / 127.0 / 2.0;
+        for (int k = b * 32; k < std::min(cols, b * 32 + 32); ++k) {
+          ref += double(wr[k]) * xt[k];
+          absprod += std::fabs(double(wr[k]) * xt[k]);
+          qerr += std::fabs(double(wr[k])) * half_step;
+        }
+      }
+      const double tol = 1e-5 * absprod + (int_input ? 1.001 * qerr : 0.0) + 1e-30;
+      const double got = y[static_cast<size_t>(t) * ldy + r];
+      ASSERT_LE(std::fabs(got - ref), tol) << "t=" << t << " r=" << r << " ref=" << ref << " got=" << got;
+    }
+  }
+}
+
+TEST(MatrixTest, MatMulRowsAllFormatsIsasShapes) {
+  IsaGuard guard;
+  for (const std::string& isa : Isas()) {
+    ASSERT_TRUE(cpu::SetActiveIsa(isa));
+    ASSERT_STREQ(KernelIsaName(), isa.c_str());
+    for (const Case& c : AllCases()) {
+      for (const Shape& s : kShapes) {
+        SCOPED_TRACE(isa + " " + c.Name() + " " + std::to_string(s.rows) + "x" + std::to_string(s.cols));
+        std::mt19937 rng(s.rows * 1000 + s.cols);
+        auto m = Build(c, s.rows, s.cols, &rng);
+        ASSERT_NE(m, nullptr);
+        ASSERT_EQ(m->rows(), s.rows);
+        ASSERT_EQ(m->cols(), s.cols);
+        const std::vector<float> wd = m->Dequantize();
+        for (int n : kBatch) {
+          SCOPED_TRACE("n=" + std::to_string(n));
+          const int ldx = s.cols + 3, ldy = s.rows + 5;
+          const auto x = RandomVec(static_cast<size_t>(n) * ldx, &rng);
+          MatMulScratch scratch;
+          std::vector<float> y(static_cast<size_t>(n) * ldy, -7.f);
+          MatMul(*m, x.data(), n, ldx, y.data(), ldy, nullptr, &scratch);
+          CheckProduct(*m, wd, x.data(), n, ldx, y.data(), ldy, 0, s.rows, c.IntInput());
+          for (int t = 0; t < n; ++t)
+            for (int r = s.rows; r < ldy; ++r) ASSERT_EQ(y[static_cast<size_t>(t) * ldy + r], -7.f);
+
+          // Arbitrary sub-range through MatMulRows directly; other rows untouched.
+          if (s.rows >= 3) {
+            const int r0 = 1, r1 = s.rows - 1;
+            std::vector<float> y2(static_cast<size_t>(n) * ldy, -7.f);
+            QuantizedActivations qa;
+            MatMulInput in;
+            in.x = x.data();
+            in.n = n;
+            in.ldx = ldx;
+            if (m->WantsQuantizedInput()) {
+              qa.Quantize(x.data(), n, s.cols, ldx);
+              in.qx = &qa;
+            }
+            m->MatMulRows(in, y2.data(), ldy, r0, r1);
+            CheckProduct(*m, wd, x.data(), n, ldx, y2.data(), ldy, r0, r1, c.IntInput());
+            for (int t = 0; t < n; ++t) {
+              ASSERT_EQ(y2[static_cast<size_t>(t) * ldy + 0], -7.f);
+              ASSERT_EQ(y2[static_cast<size_t>(t) * ldy + s.rows - 1], -7.f);
+              // Row results do not depend on the range they were computed in.
+              for (int r = r0; r < r1; ++r)
+                ASSERT_EQ(y2[static_cast<size_t>(t) * ldy + r], y[static_cast<size_t>(t) * ldy + r]) << r;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MatrixTest, AccumulateTransposedAllFormats) {
+  IsaGuard guard;
+  for (const std::string& isa : Isas()) {
+    ASSERT_TRUE(cpu::SetActiveIsa(isa));
+    for (const Case& c : AllCases()) {
+      for (const Shape& s : kShapes) {
+        SCOPED_TRACE(isa + " " + c.Name() + " " + std::to_string(s.rows) + "x" + std::to_string(s.cols));
+        std::mt19937 rng(s.rows * 7 + s.cols);
+        auto m = Build(c, s.rows, s.cols, &rng);
+        const std::vector<float> wd = m->Dequantize();
+        for (int n : {1, 2, 3, 5, 17}) {
+          for (int rank : {s.rows, std::max(1, s.rows / 2)}) {
+            const int c0s[] = {0, std::min(s.cols - 1, 5), 0};
+            const int c1s[] = {s.cols, s.cols, std::max(1, s.cols - 3)};
+            for (int ci = 0; ci < 3; ++ci) {
+              const int c0 = c0s[ci], c1 = c1s[ci];
+              const int ldu = s.rows + 2, ldy = s.cols + 7;
+              const auto u = RandomVec(static_cast<size_t>(n) * ldu, &rng);
+              std::vector<float> y = RandomVec(static_cast<size_t>(n) * ldy, &rng);
+              const std::vector<float> y0 = y;
+              m->AccumulateTransposed(u.data(), ldu, n, rank, y.data(), ldy, c0, c1);
+              for (int t = 0; t < n; ++t) {
+                for (int col = 0; col < ldy; ++col) {
+                  const size_t i = static_cast<size_t>(t) * ldy + col;
+                  if (col < c0 || col >= c1) {
+                    ASSERT_EQ(y[i], y0[i]) << "t=" << t << " col=" << col;
+                    continue;
+                  }
+                  double ref = y0[i], absprod = std::fabs(y0[i]);
+                  for (int j = 0; j < rank; ++j) {
+                    const double p = double(u[static_cast<size_t>(t) * ldu + j]) * wd[static_cast<size_t>(j) * s.cols + col];
+                    ref += p;
+                    absprod += std::fabs(p);
+                  }
+                  ASSERT_LE(std::fabs(y[i] - ref), 1e-5 * absprod + 1e-30)
+                      << "n=" << n << " rank=" << rank << " c0=" << c0 << " c1=" << c1 << " t=" << t
+                      << " col=" << col;
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MatrixTest, QuantDequantizeRowExactAndRoundTrip) {
+  IsaGuard guard;
+  std::mt19937 rng(5);
+  for (const std::string& isa : Isas()) {
+    ASSERT_TRUE(cpu::SetActiveIsa(isa));
+    for (int bits : {2, 3, 4}) {
+      for (int group : {32, 64, 128, 0}) {
+        for (const Shape& s : kShapes) {
+          SCOPED_TRACE(isa + " b" + std::to_string(bits) + " g" + std::to_string(group) + " " +
+                       std::to_string(s.rows) + "x" + std::to_string(s.cols));
+          // Arbitrary codes and scales (not from RTN).
+          QuantizedWeights q;
+          q.rows = s.rows;
+          q.cols = s.cols;
+          q.spec = {bits, group};
+          std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
+          q.codes.resize(static_cast<size_t>(s.rows) * s.cols);
+          for (auto& v : q.codes) v = static_cast<uint8_t>(code(rng));
+          q.scale = RandomVec(static_cast<size_t>(s.rows) * q.groups(), &rng, 0.1f);
+          q.min = RandomVec(static_cast<size_t>(s.rows) * q.groups(), &rng, 0.5f);
+          auto m = QuantMatrix::Create(q);
+          ASSERT_TRUE(m.ok()) << m.status();
+          const int gs = q.group_size_effective();
+          std::vector<float> row(s.cols);
+          for (int r = 0; r < s.rows; ++r) {
+            (*m)->DequantizeRow(r, row.data());
+            for (int k = 0; k < s.cols; ++k) {
+              const size_t gi = static_cast<size_t>(r) * q.groups() + k / gs;
+              const float sc = F16ToF32(F32ToF16(q.scale[gi]));
+              const float mn = F16ToF32(F32ToF16(q.min[gi]));
+              const float expect = sc * static_cast<float>(q.codes[static_cast<size_t>(r) * s.cols + k]) + mn;
+              ASSERT_EQ(row[k], expect) << "r=" << r << " k=" << k;
+            }
+          }
+          // Unpack gives back the codes, and the packed bytes rebuild the same matrix.
+          const QuantizedWeights back = (*m)->Unpack();
+          ASSERT_EQ(back.codes, q.codes);
+          for (size_t i = 0; i < q.scale.size(); ++i) {
+            ASSERT_EQ(back.scale[i], F16ToF32(F32ToF16(q.scale[i])));
+            ASSERT_EQ(back.min[i], F16ToF32(F32ToF16(q.min[i])));
+          }
+          auto m2 = QuantMatrix::FromPacked((*m)->packed());
+          ASSERT_TRUE(m2.ok()) << m2.status();
+          ASSERT_EQ((*m2)->Dequantize(), (*m)->Dequantize());
+          ASSERT_EQ((*m)->StorageBytes(),
+                    static_cast<size_t>(s.rows) * ((s.cols + 31) / 32) * QuantBlockBytes(bits) +
+                        4 * static_cast<size_t>(s.rows) * q.groups());
+        }
+      }
+    }
+  }
+}
+
+TEST(MatrixTest, PackedBlockLayout) {
+  // The documented version-1 layouts (docs/formats.md), byte for byte.
+  uint8_t codes[32], out[16], back[32];
+  for (int i = 0; i < 32; ++i) codes[i] = static_cast<uint8_t>(i % 16);
+  PackQuantBlock(4, codes, out);
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(out[i], (codes[i] & 15) | (codes[i + 16] << 4));
+  for (int i = 0; i < 32; ++i) codes[i] = static_cast<uint8_t>((i * 7) % 4);
+  PackQuantBlock(2, codes, out);
+  for (int i = 0; i < 8; ++i)
+    EXPECT_EQ(out[i], codes[i] | codes[i + 8] << 2 | codes[i + 16] << 4 | codes[i + 24] << 6);
+  for (int i = 0; i < 32; ++i) codes[i] = static_cast<uint8_t>((i * 5 + 3) % 8);
+  PackQuantBlock(3, codes, out);
+  for (int i = 0; i < 8; ++i)
+    EXPECT_EQ(out[i], (codes[i] & 3) | (codes[i + 8] & 3) << 2 | (codes[i + 16] & 3) << 4 |
+                          (codes[i + 24] & 3) << 6);
+  uint32_t h = out[8] | out[9] << 8 | out[10] << 16 | static_cast<uint32_t>(out[11]) << 24;
+  for (int k = 0; k < 32; ++k) EXPECT_EQ((h >> (8 * (k % 4) + k / 4)) & 1, (codes[k] >> 2) & 1u) << k;
+  for (int bits : {2, 3, 4}) {
+    for (int i = 0; i < 32; ++i) codes[i] = static_cast<uint8_t>((i * 11 + bits) % (1 << bits));
+    PackQuantBlock(bits, codes, out);
+    UnpackQuantBlock(bits, out, back);
+    EXPECT_EQ(std::memcmp(codes, back, 32), 0) << bits;
+  }
+}
+
+TEST(MatrixTest, QuantizeRtnErrorBound) {
+  std::mt19937 rng(11);
+  for (int bits : {2, 3, 4}) {
+    for (int group : {32, 64, 128, 0}) {
+      for (const Shape& s : kShapes) {
+        auto w = RandomVec(static_cast<size_t>(s.rows) * s.cols, &rng);
+        // A constant row and a zero row.
+        for (int k = 0; k < s.cols; ++k) w[k] = 0.3f;
+        if (s.rows > 1) {
+          for (int k = 0; k < s.cols; ++k) w[static_cast<size_t>(s.cols) + k] = 0.f;
+        }
+        const QuantizedWeights q = QuantizeRtn(w.data(), s.rows, s.cols, {bits, group});
+        auto m = MakeQuantizedMatrix(q);
+        ASSERT_TRUE(m.ok()) << m.status();
+        const auto wd = (*m)->Dequantize();
+        const int gs = q.group_size_effective();
+        for (int r = 0; r < s.rows; ++r) {
+          for (int k = 0; k < s.cols; ++k) {
+            const size_t gi = static_cast<size_t>(r) * q.groups() + k / gs;
+            const size_t i = static_cast<size_t>(r) * s.cols + k;
+            ASSERT_LT(q.codes[i], 1 << bits);
+            // Scales and mins are already F16 values.
+            ASSERT_EQ(q.scale[gi], F16ToF32(F32ToF16(q.scale[gi])));
+            ASSERT_EQ(q.min[gi], F16ToF32(F32ToF16(q.min[gi])));
+            const double bound = q.scale[gi] / 2.0 * (1 + 1e-6) +
+                                 1e-6 * (std::fabs(q.min[gi]) + q.scale[gi] * ((1 << bits) - 1)) + 1e-12;
+            ASSERT_LE(std::fabs(double(wd[i]) - w[i]), bound)
+                << "b" << bits << " g" << group << " r=" << r << " k=" << k;
+          }
+        }
+        // Constant and zero rows are (almost) exact.
+        for (int k = 0; k < s.cols; ++k) ASSERT_NEAR(wd[k], 0.3f, 1e-4f);
+        if (s.rows > 1) {
+          for (int k = 0; k < s.cols; ++k) ASSERT_EQ(wd[static_cast<size_t>(s.cols) + k], 0.f);
+        }
+      }
+    }
+  }
+}
+
+TEST(MatrixTest, MakeQuantizedMatrixRejectsBadInput) {
+  std::mt19937 rng(3);
+  const auto w = RandomVec(4 * 64, &rng);
+  const QuantizedWeights good = QuantizeRtn(w.data(), 4, 64, {4, 32});
+  ASSERT_TRUE(MakeQuantizedMatrix(good).ok());
+  auto expect_bad = [&](QuantizedWeights q, const char* what) {
+    auto m = MakeQuantizedMatrix(q);
+    EXPECT_FALSE(m.ok()) << what;
+    if (!m.ok()) {
+      EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << what;
+    }
+  };
+  {
+    auto q = good;
+    q.spec.bits = 5;
+    expect_bad(q, "bits 5");
+    q.spec.bits = 1;
+    expect_bad(q, "bits 1");
+    q.spec.bits = 8;
+    expect_bad(q, "bits 8");
+  }
+  {
+    auto q = good;
+    q.spec.group_size = 48;
+    expect_bad(q, "group 48");
+    q.spec.group_size = -32;
+    expect_bad(q, "group -32");
+  }
+  {
+    auto q = good;
+    q.codes.pop_back();
+    expect_bad(q, "short codes");
+  }
+  {
+    auto q = good;
+    q.codes[17] = 16;
+    expect_bad(q, "code 16 in 4 bits");
+    q = QuantizeRtn(w.data(), 4, 64, {3, 32});
+    q.codes[3] = 8;
+    expect_bad(q, "code 8 in 3 bits");
+    q = QuantizeRtn(w.data(), 4, 64, {2, 32});
+    q.codes[63] = 4;
+    expect_bad(q, "code 4 in 2 bits");
+  }
+  {
+    auto q = good;
+    q.scale.pop_back();
+    expect_bad(q, "short scales");
+    q = good;
+    q.min.push_back(0.f);
+    expect_bad(q, "long mins");
+    q = good;
+    q.scale[2] = NAN;
+    expect_bad(q, "nan scale");
+    q = good;
+    q.min[1] = 1e6f;
+    expect_bad(q, "min overflows f16");
+  }
+  {
+    auto q = good;
+    q.rows = 0;
+    q.codes.clear();
+    q.scale.clear();
+    q.min.clear();
+    expect_bad(q, "zero rows");
+  }
+  {
+    auto q = good;  // groups() follows the group size: 64 cols, g32 -> 2 groups, g0 -> 1
+    q.spec.group_size = 0;
+    expect_bad(q, "group count mismatch");
+  }
+  PackedQuant p = static_cast<const QuantMatrix&>(**MakeQuantizedMatrix(good)).packed();
+  p.packed.pop_back();
+  EXPECT_FALSE(QuantMatrix::FromPacked(p).ok());
+}
+
+TEST(MatrixTest, Sparse24Validation) {
+  // 3 non-zeros in one aligned group of 4 fails; 2 in each passes.
+  std::vector<float> w = {1, 0, 2, 0, /**/ 0, 3, 4, 0, /**/ 5};
+  EXPECT_TRUE(MakeSparse24Matrix(1, 9, w.data()).ok());
+  EXPECT_TRUE(MakeSparse24QuantMatrix(1, 9, w.data(), {4, 32}).ok());
+  w[3] = 1;
+  auto bad = MakeSparse24Matrix(1, 9, w.data());
+  EXPECT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(MakeSparse24QuantMatrix(1, 9, w.data(), {4, 32}).ok());
+  // Unaligned groups do not count: columns 2..5 have 3 non-zeros but span two groups.
+  std::vector<float> w2 = {0, 0, 1, 1, 1, 0, 0, 0};
+  EXPECT_TRUE(MakeSparse24Matrix(1, 8, w2.data()).ok());
+  // Tail group (cols not a multiple of 4): 3 non-zeros in the partial group fail.
+  std::vector<float> w3 = {1, 1, 0, 0, 1, 1, 1};
+  EXPECT_FALSE(MakeSparse24Matrix(1, 7, w3.data()).ok());
+  w3[6] = 0;
+  EXPECT_TRUE(MakeSparse24Matrix(1, 7, w3.data()).ok());
+  // Bad quant spec.
+  EXPECT_FALSE(MakeSparse24QuantMatrix(1, 8, w2.data(), {5, 32}).ok());
+  EXPECT_FALSE(MakeSparse24QuantMatrix(1, 8, w2.data(), {4, 16}).ok());
+
+  // Round trip through the packed form; corrupt metadata is rejected.
+  std::mt19937 rng(9);
+  const auto ws = RandomSparse24(5, 130, &rng);
+  auto sm = Sparse24Matrix::Create(5, 130, ws.data());
+  ASSERT_TRUE(sm.ok());
+  EXPECT_EQ((*sm)->Dequantize(), [&] {
+    std::vector<float> v(ws);
+    for (auto& x : v) x = F16ToF32(F32ToF16(x));
+    return v;
+  }());
+  auto sm2 = Sparse24Matrix::FromPacked(5, 130, (*sm)->values_f16(), (*sm)->meta());
+  ASSERT_TRUE(sm2.ok());
+  EXPECT_EQ((*sm2)->Dequantize(), (*sm)->Dequantize());
+  std::vector<uint8_t> meta = (*sm)->meta();
+  meta[0] = 0;  // slots 0 and 1 (same group) both at position 0
+  meta[1] = 0;
+  EXPECT_FALSE(Sparse24Matrix::FromPacked(5, 130, (*sm)->values_f16(), meta).ok());
+  meta.pop_back();
+  EXPECT_FALSE(Sparse24Matrix::FromPacked(5, 130, (*sm)->values_f16(), meta).ok());
+
+  auto sq = Sparse24QuantMatrix::Create(5, 130, ws.data(), {3, 64});
+  ASSERT_TRUE(sq.ok());
+  auto sq2 = Sparse24QuantMatrix::FromPacked(130, (*sq)->kept().packed(), (*sq)->meta());
+  ASSERT_TRUE(sq2.ok()) << sq2.status();
+  EXPECT_EQ((*sq2)->Dequantize(), (*sq)->Dequantize());
+  // Zeros stay zeros in the dequantized sparse-quantized matrix outside kept slots,
+  // kept values are within scale/2.
+  const auto d = (*sq)->Dequantize();
+  for (size_t i = 0; i < ws.size(); ++i) {
+    if (ws[i] != 0.f) {
+      EXPECT_NEAR(d[i], ws[i], 0.5f) << i;
+    }
+  }
+}
+
+TEST(MatrixTest, QuantizeActivationsSameOnAllIsas) {
+  IsaGuard guard;
+  std::mt19937 rng(1);
+  for (int cols : {1, 31, 32, 33, 172, 768, 1000}) {
+    const int n = 3, ldx = cols + 5;
+    auto x = RandomVec(static_cast<size_t>(n) * ldx, &rng);
+    x[0] = 0.f;
+    std::vector<QuantizedActivations> qs;
+    for (const std::string& isa : Isas()) {
+      ASSERT_TRUE(cpu::SetActiveIsa(isa));
+      QuantizedActivations q;
+      q.Quantize(x.data(), n, cols, ldx);
+      ASSERT_EQ(q.padded_cols, (cols + 31) / 32 * 32);
+      for (int t = 0; t < n; ++t) {
+        for (int k = 0; k < q.padded_cols; ++k) {
+          const int8_t v = q.q[static_cast<size_t>(t) * q.padded_cols + k];
+          if (k >= cols) {
+            ASSERT_EQ(v, 0);
+            continue;
+          }
+          const float d = q.scale[static_cast<size_t>(t) * (q.padded_cols / 32) + k / 32];
+          ASSERT_LE(std::fabs(d * v - x[static_cast<size_t>(t) * ldx + k]), d / 2 * 1.0001f + 1e-30f);
+          // One scale per aligned run of kQSpan blocks: amax(run) / 127.
+          const int s0 = k / (32 * kQSpan) * (32 * kQSpan);
+          float amax = 0.f;
+          for (int i = s0; i < std::min(cols, s0 + 32 * kQSpan); ++i)
+            amax = std::max(amax, std::fabs(x[static_cast<size_t>(t) * ldx + i]));
+          ASSERT_EQ(d, amax / 127.f);
+        }
+      }
+      qs.push_back(std::move(q));
+    }
+    for (size_t i = 1; i < qs.size(); ++i) {
+      EXPECT_EQ(qs[i].q, qs[0].q);
+      EXPECT_EQ(qs[i].scale, qs[0].scale);
+      EXPECT_EQ(qs[i].sum, qs[0].sum);
+    }
+  }
+}
+
+TEST(MatrixTest, MatMulSharedThreadsExact) {
+  IsaGuard guard;
+  for (const std::string& isa : Isas()) {
+    ASSERT_TRUE(cpu::SetActiveIsa(isa));
+    std::mt19937 rng(21);
+    const int cols = 172;
+    std::vector<std::unique_ptr<Matrix>> ms;
+    for (const Case& c : AllCases()) ms.push_back(Build(c, 3 + static_cast<int>(ms.size()) * 7, cols, &rng));
+    ThreadPool pool(2);
+    for (int n : {1, 4, 7}) {
+      // Group by input kind (MatMulShared quantizes once for all).
+      const auto x = RandomVec(static_cast<size_t>(n) * cols, &rng);
+      std::vector<std::vector<float>> y1(ms.size()), y2(ms.size());
+      std::vector<MatMulOutput> o1, o2;
+      for (size_t i = 0; i < ms.size(); ++i) {
+        y1[i].assign(static_cast<size_t>(n) * ms[i]->rows(), 0.f);
+        y2[i].assign(static_cast<size_t>(n) * ms[i]->rows(), 1.f);
+        o1.push_back({ms[i].get(), y1[i].data(), ms[i]->rows()});
+        o2.push_back({ms[i].get(), y2[i].data(), ms[i]->rows()});
+      }
+      MatMulScratch s1, s2;
+      MatMulShared(o1, x.data(), n, cols, nullptr, &s1);
+      MatMulShared(o2, x.data(), n, cols, &pool, &s2);
+      for (size_t i = 0; i < ms.size(); ++i) ASSERT_EQ(y1[i], y2[i]) << isa << " " << ms[i]->Describe();
+    }
+  }
+}
+
+TEST(MatrixTest, DescribeAndStorage) {
+  std::mt19937 rng(2);
+  const auto w = RandomVec(16 * 64, &rng);
+  EXPECT_EQ(MakeDenseMatrixFromF32(DType::kF16, 16, 64, w.data())->Describe(), "f16");
+  EXPECT_EQ(MakeDenseMatrixFromF32(DType::kF16, 16, 64, w.data())->StorageBytes(), 16u * 64 * 2);
+  auto q = MakeQuantizedMatrix(QuantizeRtn(w.data(), 16, 64, {3, 64}));
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ((*q)->Describe(), "q3 g64");
+  EXPECT_EQ((*q)->format(), MatrixFormat::kQuant);
+  EXPECT_TRUE((*q)->WantsQuantizedInput());
+  EXPECT_EQ((*q)->StorageBytes(), 16u * 2 * 12 + 16u * 4);
+  const std::string isa = KernelIsaName();
+  EXPECT_TRUE(isa == "generic" || isa == "avx2" || isa == "avx512") << isa;
+}
+
+}  // namespace
+}  // namespace eora
