@@ -1,0 +1,229 @@
+// eora-server: serves one base model and many EoRA adapters over gRPC.
+//
+// main parses flags into options, wires the parts together, and owns shutdown:
+// SIGTERM/SIGINT are blocked in every thread and taken with sigwait() on the
+// main thread, which then drains (stop accepting, let in-flight requests finish
+// within --grace-period-s, cancel the rest) and stops the gRPC and HTTP servers
+// from a normal thread. Exit status 0 after a drain, 1 on startup failure, 2 on
+// usage errors.
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_split.h"
+#include "engine/adapter_io.h"
+#include "engine/compressed_model.h"
+#include "engine/model.h"
+#include "engine/model_loader.h"
+#include "engine/thread_pool.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "server/adapter_registry.h"
+#include "server/grpc_services.h"
+#include "server/http_server.h"
+#include "server/metrics.h"
+#include "server/scheduler.h"
+#include "server/serving_core.h"
+#include "tools/cli_args.h"
+
+namespace {
+
+using eora::cli::Args;
+
+void Log(const std::string& msg) {
+  std::fprintf(stderr, "eora-server: %s\n", msg.c_str());
+  std::fflush(stderr);
+}
+
+int Usage(const std::string& msg) {
+  std::fprintf(stderr, "eora-server: %s\nRun 'eora-server --help' for the flags.\n", msg.c_str());
+  return 2;
+}
+
+std::string DefaultThreads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return std::to_string(n == 0 ? 1 : n);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args("eora-server",
+            "Serves a (compressed) base model and per-task EoRA adapters over gRPC\n"
+            "(eora.v1.InferenceService, eora.v1.AdapterService, grpc.health.v1, reflection),\n"
+            "with Prometheus /metrics, /healthz and /readyz over HTTP. SIGTERM drains and exits 0.");
+  args.Flag("model", "PATH", "", "base model: a .gguf file or a Hugging Face checkpoint directory (required)");
+  args.Flag("compressed", "DIR", "", "serve this compressed base model directory (eora compress); --model must have the same architecture");
+  args.Flag("adapter-store", "DIR", "", "adapter store: one PEFT adapter directory per id, DIR/<id>/ (required)");
+  args.Flag("listen", "HOST:PORT", "0.0.0.0:50051", "gRPC address; port 0 picks a free port (logged)");
+  args.Flag("http-listen", "HOST:PORT", "0.0.0.0:8080", "HTTP address for /metrics, /healthz, /readyz; port 0 picks one");
+  args.Flag("threads", "N", DefaultThreads(), "engine worker threads");
+  args.Flag("max-running", "N", "32", "sequences in one engine step (batch size)");
+  args.Flag("max-queue", "N", "256", "requests waiting to join the batch before RESOURCE_EXHAUSTED");
+  args.Flag("max-step-tokens", "N", "512", "token budget of one step (decode + prefill chunks)");
+  args.Flag("kv-cache-tokens", "N", "0", "KV cache positions in total; 0 = max-running x context");
+  args.Flag("default-max-new-tokens", "N", "128", "max_new_tokens when a request leaves it 0");
+  args.Flag("device-cache-mb", "MB", "256", "byte budget of the DEVICE adapter tier (RAM on CPU), MiB");
+  args.Flag("host-cache-mb", "MB", "1024", "byte budget of the HOST adapter tier, MiB");
+  args.Flag("adapter-load-timeout-s", "S", "30", "how long a request waits for its adapter to load");
+  args.Flag("preload", "IDS", "", "comma-separated adapter ids to load from the store at startup");
+  args.Flag("grace-period-s", "S", "30", "on SIGTERM, how long in-flight requests may take before they are cancelled");
+  args.Switch("no-adapter-paths", "refuse LoadAdapter requests that name a directory path");
+
+  std::string err;
+  if (!args.Parse(argc, argv, 1, &err)) return Usage(err);
+  if (args.help_requested()) {
+    std::fputs(args.Help().c_str(), stdout);
+    return 0;
+  }
+  int64_t threads, max_running, max_queue, step_tokens, kv_tokens, def_new, dev_mb, host_mb;
+  double load_timeout, grace;
+  if (!args.Int("threads", &threads, &err) || !args.Int("max-running", &max_running, &err) ||
+      !args.Int("max-queue", &max_queue, &err) || !args.Int("max-step-tokens", &step_tokens, &err) ||
+      !args.Int("kv-cache-tokens", &kv_tokens, &err) ||
+      !args.Int("default-max-new-tokens", &def_new, &err) ||
+      !args.Int("device-cache-mb", &dev_mb, &err) || !args.Int("host-cache-mb", &host_mb, &err) ||
+      !args.Float("adapter-load-timeout-s", &load_timeout, &err) ||
+      !args.Float("grace-period-s", &grace, &err))
+    return Usage(err);
+  if (!args.Has("model")) return Usage("--model is required");
+  if (!args.Has("adapter-store")) return Usage("--adapter-store is required");
+  if (threads < 1) return Usage("--threads must be >= 1");
+  if (max_running < 1 || max_queue < 0 || step_tokens < 1 || kv_tokens < 0 || def_new < 1 ||
+      dev_mb < 1 || host_mb < 0 || load_timeout <= 0 || grace < 0)
+    return Usage("a numeric flag is out of range (see --help)");
+  std::string grpc_host, http_host;
+  int grpc_port = 0, http_port = 0;
+  if (auto s = eora::server::ParseHostPort(args.Str("listen"), "listen", &grpc_host, &grpc_port);
+      !s.ok())
+    return Usage(std::string(s.message()));
+  if (auto s = eora::server::ParseHostPort(args.Str("http-listen"), "http-listen", &http_host,
+                                           &http_port);
+      !s.ok())
+    return Usage(std::string(s.message()));
+  std::error_code ec;
+  const std::string store = args.Str("adapter-store");
+  if (!std::filesystem::is_directory(store, ec))
+    return Usage("--adapter-store: '" + store + "' is not a directory");
+
+  // Block the shutdown signals before any thread starts; main takes them with sigwait.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  Log("loading model " + args.Str("model"));
+  auto weights = eora::LoadModel(args.Str("model"));
+  if (!weights.ok()) {
+    Log("cannot load model: " + weights.status().ToString());
+    return 1;
+  }
+  if (args.Has("compressed")) {
+    Log("loading compressed model " + args.Str("compressed"));
+    auto compressed = eora::LoadCompressedModel(args.Str("compressed"));
+    if (!compressed.ok()) {
+      Log("cannot load compressed model: " + compressed.status().ToString());
+      return 1;
+    }
+    if (eora::ArchitectureFingerprint(compressed->config) !=
+        eora::ArchitectureFingerprint(weights->config)) {
+      Log("--compressed " + args.Str("compressed") + " is not a compression of --model " +
+          args.Str("model") + " (architectures differ)");
+      return 1;
+    }
+    weights = std::move(compressed);
+  }
+  auto shared = std::make_shared<eora::ModelWeights>(std::move(*weights));
+  eora::ThreadPool pool(static_cast<int>(threads));
+  eora::Model model(shared, &pool);
+  const eora::Tokenizer* tokenizer = shared->tokenizer.get();
+
+  auto prom = std::make_shared<prometheus::Registry>();
+  eora::server::ServerMetrics metrics(prom);
+
+  eora::server::AdapterRegistryOptions ropt;
+  ropt.store_dir = store;
+  ropt.device_budget_bytes = static_cast<size_t>(dev_mb) << 20;
+  ropt.host_budget_bytes = static_cast<size_t>(host_mb) << 20;
+  ropt.load_wait = absl::Seconds(load_timeout);
+  ropt.allow_paths = !args.Has("no-adapter-paths");
+  eora::server::AdapterRegistry registry(ropt, eora::server::MakeDirectoryLoader(model.config()),
+                                         &metrics);
+
+  eora::server::SchedulerOptions sopt;
+  sopt.max_running = static_cast<int>(max_running);
+  sopt.max_queue = static_cast<int>(max_queue);
+  sopt.max_step_tokens = static_cast<int>(step_tokens);
+  sopt.kv_cache_tokens = kv_tokens;
+  eora::server::Scheduler scheduler(&model, tokenizer, sopt,
+                                    eora::server::MakeSchedulingPolicy("fcfs"), &metrics);
+
+  eora::server::ServingCoreOptions copt;
+  copt.default_max_new_tokens = static_cast<int>(def_new);
+  copt.model_path = args.Str("model");
+  copt.compressed_path = args.Str("compressed");
+  eora::server::ServingCore core(&model, tokenizer, &registry, &scheduler, copt);
+
+  for (const auto& id : absl::StrSplit(args.Str("preload"), ',', absl::SkipEmpty())) {
+    auto r = registry.Load(std::string(id), std::nullopt, false);
+    if (!r.ok()) {
+      Log("cannot preload adapter '" + std::string(id) + "': " + r.status().ToString());
+      return 1;
+    }
+    Log("preloaded adapter '" + std::string(id) + "'");
+  }
+
+  eora::server::InferenceServiceImpl inference(&core, &metrics);
+  eora::server::AdapterServiceImpl adapters(&registry, &metrics);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_grpc = 0;
+  const std::string grpc_addr =
+      (grpc_host.find(':') != std::string::npos ? "[" + grpc_host + "]" : grpc_host) + ":" +
+      std::to_string(grpc_port);
+  builder.AddListeningPort(grpc_addr, grpc::InsecureServerCredentials(), &bound_grpc);
+  builder.RegisterService(&inference);
+  builder.RegisterService(&adapters);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || bound_grpc == 0) {
+    Log("cannot listen on " + grpc_addr);
+    return 1;
+  }
+  auto* health = server->GetHealthCheckService();
+  health->SetServingStatus(true);
+
+  std::atomic<bool> ready{true};
+  eora::server::HttpServer http(&metrics, [&] { return ready.load(); });
+  auto http_bound = http.Start(http_host, http_port);
+  if (!http_bound.ok()) {
+    Log(http_bound.status().ToString());
+    server->Shutdown();
+    return 1;
+  }
+  Log("model " + args.Str("model") + ": " + std::to_string(model.config().n_layers) + " layers, dim " +
+      std::to_string(model.config().dim) + ", context " + std::to_string(model.config().max_seq_len) +
+      "; adapter store " + store + "; " + std::to_string(threads) + " threads, batch " +
+      std::to_string(max_running));
+  Log("gRPC listening on " + grpc_host + ":" + std::to_string(bound_grpc));
+  Log("HTTP listening on " + http_host + ":" + std::to_string(*http_bound) +
+      " (/metrics /healthz /readyz)");
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  Log(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT") + ", draining (grace " +
+      args.Str("grace-period-s") + " s)");
+  ready = false;
+  health->SetServingStatus(false);
+  scheduler.Drain(absl::Seconds(grace));
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  http.Stop();
+  Log("drained; exiting");
+  return 0;
+}
