@@ -6,14 +6,17 @@
 #include "tools/cli_args.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
+#include "tools/model_flags.h"
 
 namespace eora::cli {
 
 int RunGenerate(int argc, char** argv) {
   Args args("eora generate",
             "Generates text from a model and prints only the generated text to stdout.\n"
-            "With no --prompt, generation starts from BOS. Temperature 0 is greedy.");
-  args.Flag("model", "PATH", "", "model: a .gguf file or a Hugging Face checkpoint directory (required)");
+            "With no --prompt, generation starts from BOS. Temperature 0 is greedy.\n"
+            "The model is --model, or the compressed directory --compressed; --adapter adds\n"
+            "a low-rank adapter, run at --rank (default: its stored rank).");
+  DeclareModelFlags(args);
   args.Flag("prompt", "TEXT", "", "prompt text (BOS is prepended)");
   args.Flag("max-tokens", "N", "256", "maximum number of tokens to generate");
   args.Flag("temperature", "T", "0", "sampling temperature; 0 = greedy");
@@ -30,7 +33,6 @@ int RunGenerate(int argc, char** argv) {
       !args.Int("seed", &seed, &err) || !args.Int("threads", &threads, &err) ||
       !args.Float("temperature", &temperature, &err) || !args.Float("top-p", &top_p, &err))
     return UsageError("eora generate", err);
-  if (!args.Has("model")) return UsageError("eora generate", "--model is required");
   if (max_tokens < 0) return UsageError("eora generate", "--max-tokens must be >= 0");
   if (threads < 1) return UsageError("eora generate", "--threads must be >= 1");
 
@@ -43,12 +45,14 @@ int RunGenerate(int argc, char** argv) {
     return UsageError("eora generate", std::string(s.message()));
   req.max_new_tokens = static_cast<int>(max_tokens);
 
-  auto weights = LoadModel(args.Str("model"));
-  if (!weights.ok()) return Fail("eora generate", weights.status());
-  auto shared = std::make_shared<ModelWeights>(std::move(*weights));
+  LoadedModel lm;
+  if (int lrc = LoadModelFromFlags(args, "eora generate", &lm); lrc != 0) return lrc;
+  std::shared_ptr<ModelWeights> shared = lm.weights;
   if (!shared->tokenizer)
     return Fail("eora generate",
-                absl::FailedPreconditionError(args.Str("model") + " has no tokenizer"));
+                absl::FailedPreconditionError(lm.description + " has no tokenizer"));
+  req.adapter = lm.adapter;
+  req.rank = lm.rank;
   const Tokenizer& tok = *shared->tokenizer;
   req.prompt = tok.Encode(args.Str("prompt"), /*add_bos=*/true);
   ThreadPool pool(static_cast<int>(threads));

@@ -6,6 +6,7 @@
 #include "tools/cli_args.h"
 #include "tools/cli_common.h"
 #include "tools/commands.h"
+#include "tools/model_flags.h"
 
 namespace eora::cli {
 
@@ -17,8 +18,10 @@ int RunPerplexity(int argc, char** argv) {
             "is prefixed with BOS and every token after BOS is scored.\n"
             "Protocol 'llama-cpp': [BOS]+text is cut into ctx-token chunks (a partial last\n"
             "chunk is dropped), each chunk's first token is replaced by BOS and only the\n"
-            "second half of each chunk is scored, as llama.cpp's llama-perplexity does.");
-  args.Flag("model", "PATH", "", "model: a .gguf file or a Hugging Face checkpoint directory (required)");
+            "second half of each chunk is scored, as llama.cpp's llama-perplexity does.\n"
+            "The model is --model, or the compressed directory --compressed; --adapter adds\n"
+            "a low-rank adapter, run at --rank (default: its stored rank).");
+  DeclareModelFlags(args);
   args.Flag("text", "FILE", "", "text file to score (required)");
   args.Flag("ctx", "N", "256", "context (window) length in tokens");
   args.Flag("max-bytes", "N", "0", "read only this many bytes of the file; 0 = all");
@@ -34,7 +37,6 @@ int RunPerplexity(int argc, char** argv) {
   if (!args.Int("ctx", &ctx, &err) || !args.Int("max-bytes", &max_bytes, &err) ||
       !args.Int("threads", &threads, &err) || !args.Int("batch", &batch, &err))
     return UsageError(cmd, err);
-  if (!args.Has("model")) return UsageError(cmd, "--model is required");
   if (!args.Has("text")) return UsageError(cmd, "--text is required");
   if (ctx < 2) return UsageError(cmd, "--ctx must be >= 2");
   if (max_bytes < 0) return UsageError(cmd, "--max-bytes must be >= 0");
@@ -56,11 +58,13 @@ int RunPerplexity(int argc, char** argv) {
   if (absl::Status s = ReadFilePrefix(args.Str("text"), static_cast<size_t>(max_bytes), &text);
       !s.ok())
     return Fail(cmd, s);
-  auto weights = LoadModel(args.Str("model"));
-  if (!weights.ok()) return Fail(cmd, weights.status());
-  auto shared = std::make_shared<ModelWeights>(std::move(*weights));
+  LoadedModel lm;
+  if (int lrc = LoadModelFromFlags(args, cmd, &lm); lrc != 0) return lrc;
+  std::shared_ptr<ModelWeights> shared = lm.weights;
   if (!shared->tokenizer)
-    return Fail(cmd, absl::FailedPreconditionError(args.Str("model") + " has no tokenizer"));
+    return Fail(cmd, absl::FailedPreconditionError(lm.description + " has no tokenizer"));
+  opt.adapter = lm.adapter.get();
+  opt.rank = lm.rank;
   const std::vector<int> tokens = shared->tokenizer->Encode(text, /*add_bos=*/false);
   ThreadPool pool(static_cast<int>(threads));
   Model model(shared, &pool);
@@ -77,13 +81,17 @@ int RunPerplexity(int argc, char** argv) {
   if (args.Has("json")) {
     std::printf(
         "{\"tokens\": %lld, \"nll\": %.8f, \"ppl\": %.6f, \"windows\": %d, \"ctx\": %d, "
-        "\"protocol\": \"%s\", \"text_bytes\": %zu, \"text_tokens\": %zu, \"seconds\": %.3f}\n",
+        "\"protocol\": \"%s\", \"text_bytes\": %zu, \"text_tokens\": %zu, \"seconds\": %.3f, "
+        "\"rank\": %d, \"model_bytes\": %llu, \"adapter_bytes\": %llu}\n",
         static_cast<long long>(res->tokens), res->nll, res->ppl, res->windows, opt.ctx,
-        proto.c_str(), text.size(), tokens.size(), secs);
+        proto.c_str(), text.size(), tokens.size(), secs, lm.rank,
+        static_cast<unsigned long long>(lm.model_bytes),
+        static_cast<unsigned long long>(lm.adapter_bytes));
   } else {
-    std::printf("perplexity %.4f (nll %.6f nats) over %lld tokens in %d windows of ctx %d (%s)\n",
+    std::printf("perplexity %.4f (nll %.6f nats) over %lld tokens in %d windows of ctx %d (%s)%s\n",
                 res->ppl, res->nll, static_cast<long long>(res->tokens), res->windows, opt.ctx,
-                proto.c_str());
+                proto.c_str(),
+                lm.adapter ? (", adapter rank " + std::to_string(lm.rank)).c_str() : "");
   }
   return 0;
 }

@@ -7,5 +7,8 @@ namespace eora::cli {
 int RunGenerate(int argc, char** argv);
 int RunPerplexity(int argc, char** argv);
 int RunBench(int argc, char** argv);
+int RunCompress(int argc, char** argv);    // built with the compressor (EORA_HAVE_COMPRESSOR)
+int RunFitAdapter(int argc, char** argv);  // built with the compressor (EORA_HAVE_COMPRESSOR)
+int RunBenchServe(int argc, char** argv);  // built when gRPC is found (EORA_HAVE_BENCH_SERVE)
 
 }  // namespace eora::cli

@@ -3,6 +3,9 @@
 //   eora generate    generate text from a model
 //   eora perplexity  perplexity of a model on a text file
 //   eora bench       prefill / decode speed of a model or a synthetic model
+//   eora compress    model -> compressed base model directory
+//   eora fit-adapter FP model + compressed base -> low-rank adapter (EoRA, SVD, ...)
+//   eora bench-serve load generator for eora-server (when built with gRPC)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -17,7 +20,15 @@ void Usage(FILE* out) {
                "commands:\n"
                "  generate    generate text from a model (GGUF file or Hugging Face directory)\n"
                "  perplexity  perplexity of a model on a text file\n"
-               "  bench       measure prefill and decode speed\n\n"
+               "  bench       measure prefill and decode speed\n"
+#ifdef EORA_HAVE_COMPRESSOR
+               "  compress    compress a model (RTN, GPTQ, 2:4 SparseGPT/Wanda, SLiM-Quant, CALDERA)\n"
+               "  fit-adapter fit a low-rank adapter (EoRA, SVD, Act-S, SLiM) to a compressed model\n"
+#endif
+#ifdef EORA_HAVE_BENCH_SERVE
+               "  bench-serve load-test an eora-server (throughput, TTFT/TPOT percentiles)\n"
+#endif
+               "\n"
                "Run 'eora <command> --help' for the flags of a command.\n");
 }
 
@@ -36,6 +47,13 @@ int main(int argc, char** argv) {
   if (cmd == "generate") return eora::cli::RunGenerate(argc, argv);
   if (cmd == "perplexity") return eora::cli::RunPerplexity(argc, argv);
   if (cmd == "bench") return eora::cli::RunBench(argc, argv);
+#ifdef EORA_HAVE_COMPRESSOR
+  if (cmd == "compress") return eora::cli::RunCompress(argc, argv);
+  if (cmd == "fit-adapter") return eora::cli::RunFitAdapter(argc, argv);
+#endif
+#ifdef EORA_HAVE_BENCH_SERVE
+  if (cmd == "bench-serve") return eora::cli::RunBenchServe(argc, argv);
+#endif
   std::fprintf(stderr, "eora: unknown command '%s'\n\n", cmd.c_str());
   Usage(stderr);
   return 2;
