@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
@@ -35,21 +36,48 @@ void Rope(float* v, int head_dim, RopeStyle style, const float* cs, const float*
   }
 }
 
+typedef float V8 __attribute__((vector_size(32)));
+
+inline V8 LoadV8(const float* p) {
+  V8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
 // Attention of one query head over n cached positions. kb[i] / vb[i] point at the
 // head's key / value in block i; rows within a block are `stride` floats apart.
 // Compiled for several ISAs; the loader picks one at startup (GCC target_clones).
+// Head dims that are multiples of 8 (all real models) use 8-wide vectors with the
+// output accumulated in registers; others take the scalar loop.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void AttendHead(const float* q, int hd, const float* const* kb, const float* const* vb, int stride,
                 int n, float scale, float* scores, float* out) {
   constexpr int B = KvCache::kBlockTokens;
+  constexpr int kMaxVec = 32;  // head_dim <= 256 on the vector path
+  const int nblocks = (n + B - 1) / B;
+  const bool vec = hd % 8 == 0 && hd / 8 <= kMaxVec;
+  const int nv = hd / 8;
+  V8 qv[kMaxVec];
+  if (vec)
+    for (int j = 0; j < nv; ++j) qv[j] = LoadV8(q + 8 * j);
   float mx = -INFINITY;
-  for (int p = 0; p < n; ++p) {
-    const float* k = kb[p / B] + static_cast<size_t>(p % B) * stride;
-    float s = 0.f;
-    for (int d = 0; d < hd; ++d) s += q[d] * k[d];
-    s *= scale;
-    scores[p] = s;
-    mx = std::max(mx, s);
+  for (int blk = 0; blk < nblocks; ++blk) {
+    const float* base = kb[blk];
+    const int cnt = std::min(B, n - blk * B);
+    float* sc = scores + blk * B;
+    for (int i = 0; i < cnt; ++i) {
+      const float* k = base + static_cast<size_t>(i) * stride;
+      float s = 0.f;
+      if (vec) {
+        V8 acc = qv[0] * LoadV8(k);
+        for (int j = 1; j < nv; ++j) acc += qv[j] * LoadV8(k + 8 * j);
+        s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+      } else {
+        for (int d = 0; d < hd; ++d) s += q[d] * k[d];
+      }
+      sc[i] = s * scale;
+      mx = std::max(mx, sc[i]);
+    }
   }
   float sum = 0.f;
   for (int p = 0; p < n; ++p) {
@@ -57,11 +85,32 @@ void AttendHead(const float* q, int hd, const float* const* kb, const float* con
     sum += scores[p];
   }
   const float inv = 1.0f / sum;
+  if (vec) {
+    V8 acc[kMaxVec];
+    for (int j = 0; j < nv; ++j) acc[j] = V8{} ;
+    for (int blk = 0; blk < nblocks; ++blk) {
+      const float* base = vb[blk];
+      const int cnt = std::min(B, n - blk * B);
+      const float* sc = scores + blk * B;
+      for (int i = 0; i < cnt; ++i) {
+        const float w = sc[i] * inv;
+        const float* v = base + static_cast<size_t>(i) * stride;
+        for (int j = 0; j < nv; ++j) acc[j] += w * LoadV8(v + 8 * j);
+      }
+    }
+    for (int j = 0; j < nv; ++j) std::memcpy(out + 8 * j, &acc[j], sizeof(V8));
+    return;
+  }
   for (int d = 0; d < hd; ++d) out[d] = 0.f;
-  for (int p = 0; p < n; ++p) {
-    const float w = scores[p] * inv;
-    const float* v = vb[p / B] + static_cast<size_t>(p % B) * stride;
-    for (int d = 0; d < hd; ++d) out[d] += w * v[d];
+  for (int blk = 0; blk < nblocks; ++blk) {
+    const float* base = vb[blk];
+    const int cnt = std::min(B, n - blk * B);
+    const float* sc = scores + blk * B;
+    for (int i = 0; i < cnt; ++i) {
+      const float w = sc[i] * inv;
+      const float* v = base + static_cast<size_t>(i) * stride;
+      for (int d = 0; d < hd; ++d) out[d] += w * v[d];
+    }
   }
 }
 
