@@ -35,3 +35,11 @@ fi
 echo "install-deps.sh: installing ${#missing[@]} packages: ${missing[*]}"
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+# The `prometheus` package is installed for `promtool` (metrics lint in tests). On a
+# systemd machine Debian also starts a Prometheus server on :9090: stop and disable
+# it when this script was the one that installed it.
+if printf '%s\n' "${missing[@]}" | grep -qx prometheus && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  echo "install-deps.sh: disabled the prometheus service that the package started (promtool stays)"
+fi
