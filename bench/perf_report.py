@@ -44,7 +44,9 @@ def cpu_name():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
-    ap.add_argument("--quick", action="store_true", help="fewer configurations (smoke run)")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer configurations: F16/4/3-bit only, batch 16 at 2 threads only, "
+                         "16-bit adapter factors only, stories260K at 1 thread")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
     eora = os.path.join(args.build, "bin", "eora")
@@ -73,14 +75,14 @@ def main():
     for name, extra in formats:
         for b in batches:
             for t in threads:
-                if args.quick and t == 1:
+                if args.quick and b > 1 and t == 1:
                     continue
                 bench(f"stories110M {name}", ["--synthetic", "stories110m", *extra], b, t,
                       gen=64 if b > 1 else 128)
     # Low-rank overhead on 3-bit decode, batch 1, 2 threads.
     lr_rows = []
     base3 = next(r for r in rows if r["label"] == "stories110M 3-bit g64" and r["batch"] == 1 and r["threads"] == 2)
-    for lbits in (16, 4):
+    for lbits in ((16,) if args.quick else (16, 4)):
         for rank in (16, 64, 128):
             r = bench(f"3-bit + rank {rank} ({lbits}-bit factors)",
                       ["--synthetic", "stories110m", "--bits", "3", "--lora-rank", str(rank), "--lora-bits", str(lbits)], 1, 2)
@@ -88,7 +90,7 @@ def main():
     # The bundled real model.
     model = os.path.join(REPO, "models", "stories260K", "stories260K.gguf")
     for b in batches:
-        for t in threads:
+        for t in ((1,) if args.quick else threads):
             bench("stories260K F32 (real)", ["--model", model], b, t, gen=128, prompt=64)
 
     def find(label, b, t):

@@ -93,7 +93,7 @@ TEST(HfTokenizerReal, SpecialTokensAreNotMatchedInText) {
   EXPECT_EQ(t.Decode(ids), "<s>hi</s>");
 }
 
-TEST(HfTokenizerReal, EncodesLargeTextQuickly) {
+TEST(HfTokenizerReal, EncodesLargeTextRoundTrip) {
   std::string text;
   const std::string path = eora::testing::SharedDataPath("tinystories/valid.txt");
   if (!path.empty()) text = eora::testing::ReadFileOrDie(path);
@@ -103,7 +103,7 @@ TEST(HfTokenizerReal, EncodesLargeTextQuickly) {
   }
   text.resize(100000);
   while (!text.empty() && (static_cast<unsigned char>(text.back()) & 0xC0) == 0x80) text.pop_back();
-  // Best of three runs, so that a busy machine does not make the test flaky.
+  // Best of three runs (printed for information).
   std::vector<int> ids;
   double ms = 1e9;
   for (int run = 0; run < 3; ++run) {
@@ -113,11 +113,7 @@ TEST(HfTokenizerReal, EncodesLargeTextQuickly) {
   }
   std::printf("encoded %zu bytes into %zu tokens in %.2f ms\n", text.size(), ids.size(), ms);
   EXPECT_EQ(Real().Decode(ids), text);
-#ifdef NDEBUG
-  EXPECT_LT(ms, 100.0);
-#else
-  EXPECT_LT(ms, 1000.0);
-#endif
+  // Speed is reported, not asserted (tests check behaviour; timings belong in bench/).
 }
 
 TEST(HfTokenizerReal, LoadErrorsAndConfigOverride) {
