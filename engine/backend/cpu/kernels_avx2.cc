@@ -173,32 +173,20 @@ inline __m256 LoadPartial(const void* w, size_t i, int count) {
 
 inline __m256 LoadPartialF32(const float* x, int count) { return LoadPartial<kDenseF32>(x, 0, count); }
 
-// n == 1: kR rows, two accumulators per row.
-template <int kType, int kR>
-void DenseGemvTile(const void* w, int cols, int r, const float* x, float* y) {
-  __m256 a0[kR], a1[kR];
-  EORA_UNROLL for (int i = 0; i < kR; ++i) a0[i] = a1[i] = _mm256_setzero_ps();
-  size_t base[kR];
-  EORA_UNROLL for (int i = 0; i < kR; ++i) base[i] = static_cast<size_t>(r + i) * cols;
+// n == 1, one row: four accumulators (FMA latency), 32 columns per step.
+template <int kType>
+float DenseDotRow(const void* w, size_t base, int cols, const float* x) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
   int k = 0;
-  for (; k + 16 <= cols; k += 16) {
-    const __m256 x0 = _mm256_loadu_ps(x + k);
-    const __m256 x1 = _mm256_loadu_ps(x + k + 8);
-    EORA_UNROLL for (int i = 0; i < kR; ++i) {
-      a0[i] = _mm256_fmadd_ps(Load8<kType>(w, base[i] + k), x0, a0[i]);
-      a1[i] = _mm256_fmadd_ps(Load8<kType>(w, base[i] + k + 8), x1, a1[i]);
-    }
+  for (; k + 32 <= cols; k += 32) {
+    a0 = _mm256_fmadd_ps(Load8<kType>(w, base + k), _mm256_loadu_ps(x + k), a0);
+    a1 = _mm256_fmadd_ps(Load8<kType>(w, base + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+    a2 = _mm256_fmadd_ps(Load8<kType>(w, base + k + 16), _mm256_loadu_ps(x + k + 16), a2);
+    a3 = _mm256_fmadd_ps(Load8<kType>(w, base + k + 24), _mm256_loadu_ps(x + k + 24), a3);
   }
-  if (k + 8 <= cols) {
-    const __m256 x0 = _mm256_loadu_ps(x + k);
-    EORA_UNROLL for (int i = 0; i < kR; ++i) a0[i] = _mm256_fmadd_ps(Load8<kType>(w, base[i] + k), x0, a0[i]);
-    k += 8;
-  }
-  if (k < cols) {
-    const __m256 x1 = LoadPartialF32(x + k, cols - k);
-    EORA_UNROLL for (int i = 0; i < kR; ++i) a1[i] = _mm256_fmadd_ps(LoadPartial<kType>(w, base[i] + k, cols - k), x1, a1[i]);
-  }
-  EORA_UNROLL for (int i = 0; i < kR; ++i) y[i] = Hsum(_mm256_add_ps(a0[i], a1[i]));
+  for (; k + 8 <= cols; k += 8) a0 = _mm256_fmadd_ps(Load8<kType>(w, base + k), _mm256_loadu_ps(x + k), a0);
+  if (k < cols) a1 = _mm256_fmadd_ps(LoadPartial<kType>(w, base + k, cols - k), LoadPartialF32(x + k, cols - k), a1);
+  return Hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 }
 
 // n > 1: kR rows x kT activation rows, one accumulator each.
@@ -259,14 +247,14 @@ inline void PrefetchBytes(const void* base, size_t row_bytes, int rows, int r, i
 template <int kType>
 void DenseGemm(const void* w, int cols, int r0, int r1, const float* x, int n, int ldx, float* y, int ldy) {
   if (n == 1) {
+    // One row at a time (a single weight stream streams from DRAM faster than
+    // four interleaved ones), prefetching 4 rows ahead.
     const size_t row_bytes = static_cast<size_t>(cols) * (kType == kDenseF32 ? 4 : 2);
-    int r = r0;
-    PrefetchBytes(w, row_bytes, r1, r, 8);
-    for (; r + 4 <= r1; r += 4) {
-      PrefetchBytes(w, row_bytes, r1, r + 8, 4);
-      DenseGemvTile<kType, 4>(w, cols, r, x, y + r);
+    PrefetchBytes(w, row_bytes, r1, r0, 4);
+    for (int r = r0; r < r1; ++r) {
+      PrefetchBytes(w, row_bytes, r1, r + 4, 1);
+      y[r] = DenseDotRow<kType>(w, static_cast<size_t>(r) * cols, cols, x);
     }
-    for (; r < r1; ++r) DenseGemvTile<kType, 1>(w, cols, r, x, y + r);
     return;
   }
   int r = r0;
@@ -422,12 +410,13 @@ void QuantTile(const QuantView& w, const QActView& x, float* y, int ldy, int r, 
       const uint16_t* srow = w.scale + static_cast<size_t>(r + i) * w.groups;
       EORA_UNROLL for (int j = 0; j < kT; ++j) {
         const float* d = x.d + static_cast<size_t>(t0 + j) * x.nb + c0;
+        float* out = sc[i * kT + j];
         if (w.groups == 1) {
-          BlockScales(srow, 1, w.bpg, cn, d, sc[i * kT + j]);
+          BlockScales(srow, 1, w.bpg, cn, d, out);
         } else if (c0 % w.bpg == 0) {
-          BlockScales(srow + c0 / w.bpg, w.groups - c0 / w.bpg, w.bpg, cn, d, sc[i * kT + j]);
+          BlockScales(srow + c0 / w.bpg, w.groups - c0 / w.bpg, w.bpg, cn, d, out);
         } else {
-          for (int b = 0; b < cn; ++b) sc[i * kT + j][b] = HalfToFloat(srow[(c0 + b) / w.bpg]) * d[b];
+          for (int b = 0; b < cn; ++b) out[b] = HalfToFloat(srow[(c0 + b) / w.bpg]) * d[b];
         }
       }
     }
@@ -440,25 +429,37 @@ void QuantTile(const QuantView& w, const QActView& x, float* y, int ldy, int r, 
     EORA_UNROLL for (int i = 0; i < kR; ++i)
       EORA_UNROLL for (int j = 0; j < kT; ++j) acc[i][j] = _mm256_setzero_ps();
     int b = 0;
-    if constexpr (kRL > 1) {
+    if constexpr (kRL > 1 && kT == 1) {
+      // GEMV: one weight row at a time through the run (few live registers);
+      // the activation blocks are re-loaded from L1 for each row.
       for (; b + kRL <= cn; b += kRL) {
-        __m256i p16[kR][kT];
-        EORA_UNROLL for (int u = 0; u < kRL; ++u) {
-          __m256i wv[kR];
-          EORA_UNROLL for (int i = 0; i < kR; ++i) wv[i] = Unpack<kBits>(wp[i] + (b + u) * kBB);
-          EORA_UNROLL for (int j = 0; j < kT; ++j) {
-            const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[j] + 32 * (b + u)));
-            EORA_UNROLL for (int i = 0; i < kR; ++i) {
-              const __m256i m = _mm256_maddubs_epi16(wv[i], qv);
-              p16[i][j] = u == 0 ? m : _mm256_add_epi16(p16[i][j], m);
-            }
+        EORA_UNROLL for (int i = 0; i < kR; ++i) {
+          __m256i p16 = _mm256_maddubs_epi16(Unpack<kBits>(wp[i] + b * kBB),
+                                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[0] + 32 * b)));
+          EORA_UNROLL for (int u = 1; u < kRL; ++u) {
+            const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[0] + 32 * (b + u)));
+            p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(Unpack<kBits>(wp[i] + (b + u) * kBB), qv));
           }
+          const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+          acc[i][0] = _mm256_fmadd_ps(dot, _mm256_broadcast_ss(&sc[i][b]), acc[i][0]);
         }
-        EORA_UNROLL for (int j = 0; j < kT; ++j)
-          EORA_UNROLL for (int i = 0; i < kR; ++i) {
-            const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16[i][j], ones));
+      }
+    } else if constexpr (kRL > 1) {
+      // GEMM: unpack the run of each weight row once, use it for kT activation rows.
+      for (; b + kRL <= cn; b += kRL) {
+        EORA_UNROLL for (int i = 0; i < kR; ++i) {
+          __m256i wv[kRL];
+          EORA_UNROLL for (int u = 0; u < kRL; ++u) wv[u] = Unpack<kBits>(wp[i] + (b + u) * kBB);
+          EORA_UNROLL for (int j = 0; j < kT; ++j) {
+            __m256i p16 = _mm256_maddubs_epi16(wv[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[j] + 32 * b)));
+            EORA_UNROLL for (int u = 1; u < kRL; ++u) {
+              const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[j] + 32 * (b + u)));
+              p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(wv[u], qv));
+            }
+            const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
             acc[i][j] = _mm256_fmadd_ps(dot, _mm256_broadcast_ss(&sc[i * kT + j][b]), acc[i][j]);
           }
+        }
       }
     }
     for (; b < cn; ++b) {
@@ -474,6 +475,18 @@ void QuantTile(const QuantView& w, const QActView& x, float* y, int ldy, int r, 
     }
     EORA_UNROLL for (int i = 0; i < kR; ++i)
       EORA_UNROLL for (int j = 0; j < kT; ++j) total[i][j] = c0 == 0 ? acc[i][j] : _mm256_add_ps(total[i][j], acc[i][j]);
+  }
+  if constexpr (kT == 4) {
+    // Same association per output as Hsum (bit-identical to the 1-row paths).
+    EORA_UNROLL for (int i = 0; i < kR; ++i) {
+      alignas(16) float h[4];
+      _mm_store_ps(h, Hsum4(total[i][0], total[i][1], total[i][2], total[i][3]));
+      const uint16_t* mn = w.min + static_cast<size_t>(r + i) * w.groups;
+      EORA_UNROLL for (int j = 0; j < 4; ++j)
+        y[static_cast<size_t>(t0 + j) * ldy + r + i] =
+            h[j] + MinTerm(mn, x.gsum + static_cast<size_t>(t0 + j) * x.groups, w.groups);
+    }
+    return;
   }
   EORA_UNROLL for (int j = 0; j < kT; ++j) {
     const float* gs = x.gsum + static_cast<size_t>(t0 + j) * x.groups;
@@ -517,11 +530,14 @@ inline void PrefetchRows(const QuantView& w, int r, int count) {
 template <int kBits, int kRL>
 void QuantGemmRL(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
   if (x.n == 1) {
+    // 4 weight rows per tile share each activation load (measured faster than 1 or
+    // 2 rows, for 3-bit too).
+    constexpr int kGR = 4;
     int r = r0;
-    PrefetchRows(w, r, 8);
-    for (; r + 4 <= r1; r += 4) {
-      PrefetchRows(w, r + 8, 4);
-      QuantTile<kBits, 4, 1, kRL>(w, x, y, ldy, r, 0);
+    PrefetchRows(w, r, 2 * kGR);
+    for (; r + kGR <= r1; r += kGR) {
+      PrefetchRows(w, r + 2 * kGR, kGR);
+      QuantTile<kBits, kGR, 1, kRL>(w, x, y, ldy, r, 0);
     }
     for (; r < r1; ++r) QuantTile<kBits, 1, 1, kRL>(w, x, y, ldy, r, 0);
     return;
