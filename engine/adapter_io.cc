@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/dir_writer.h"
 #include "engine/dtype.h"
+#include "engine/json_file.h"
 #include "engine/quant_matrix.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
@@ -42,56 +43,6 @@ ModuleDims Dims(const ModelConfig& c) {
                     {c.q_dim(), c.kv_dim(), c.kv_dim(), c.dim, c.ffn_dim, c.ffn_dim, c.dim}};
 }
 
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
-  return ss.str();
-}
-
-absl::StatusOr<json> ReadJsonFile(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path));
-  try {
-    json j = json::parse(text);
-    if (!j.is_object())
-      return absl::InvalidArgumentError(absl::StrCat(path, ": top level is not a JSON object"));
-    return j;
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": invalid JSON: ", e.what()));
-  }
-}
-
-// Typed field access with errors naming the file and key.
-template <typename T>
-absl::StatusOr<T> Field(const json& j, const std::string& key, const std::string& file,
-                        std::optional<T> def = std::nullopt) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) {
-    if (def) return *def;
-    return absl::InvalidArgumentError(absl::StrCat(file, ": missing field \"", key, "\""));
-  }
-  try {
-    if constexpr (std::is_same_v<T, int>) {
-      if (!it->is_number_integer())
-        return absl::InvalidArgumentError(absl::StrCat(file, ": \"", key, "\" must be an integer"));
-    } else if constexpr (std::is_same_v<T, double>) {
-      if (!it->is_number())
-        return absl::InvalidArgumentError(absl::StrCat(file, ": \"", key, "\" must be a number"));
-    } else if constexpr (std::is_same_v<T, std::string>) {
-      if (!it->is_string())
-        return absl::InvalidArgumentError(absl::StrCat(file, ": \"", key, "\" must be a string"));
-    } else if constexpr (std::is_same_v<T, bool>) {
-      if (!it->is_boolean())
-        return absl::InvalidArgumentError(absl::StrCat(file, ": \"", key, "\" must be a boolean"));
-    }
-    return it->get<T>();
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(file, ": field \"", key, "\": ", e.what()));
-  }
-}
-
 json MetadataToJson(const AdapterMetadata& m) {
   json profile = json::array();
   for (const RankQuality& q : m.profile)
@@ -117,27 +68,27 @@ json MetadataToJson(const AdapterMetadata& m) {
 
 absl::StatusOr<AdapterMetadata> MetadataFromJson(const json& j, const std::string& file) {
   AdapterMetadata m;
-  ASSIGN_OR_RETURN(std::string format, Field<std::string>(j, "format", file));
+  ASSIGN_OR_RETURN(std::string format, JsonField<std::string>(j, "format", file));
   if (format != "eora-adapter")
     return absl::InvalidArgumentError(
         absl::StrCat(file, ": \"format\" is \"", format, "\", expected \"eora-adapter\""));
-  ASSIGN_OR_RETURN(m.format_version, Field<int>(j, "format_version", file));
+  ASSIGN_OR_RETURN(m.format_version, JsonField<int>(j, "format_version", file));
   if (m.format_version != 1)
     return absl::UnimplementedError(absl::StrCat(file, ": format_version ", m.format_version,
                                                  " is not supported (this build reads 1)"));
-  ASSIGN_OR_RETURN(m.method, Field<std::string>(j, "method", file));
-  ASSIGN_OR_RETURN(m.rank, Field<int>(j, "rank", file));
-  ASSIGN_OR_RETURN(m.factor_bits, Field<int>(j, "factor_bits", file, 16));
-  ASSIGN_OR_RETURN(m.base_model, Field<std::string>(j, "base_model", file, std::string()));
+  ASSIGN_OR_RETURN(m.method, JsonField<std::string>(j, "method", file));
+  ASSIGN_OR_RETURN(m.rank, JsonField<int>(j, "rank", file));
+  ASSIGN_OR_RETURN(m.factor_bits, JsonField<int>(j, "factor_bits", file, 16));
+  ASSIGN_OR_RETURN(m.base_model, JsonField<std::string>(j, "base_model", file, std::string()));
   ASSIGN_OR_RETURN(m.base_fingerprint,
-                   Field<std::string>(j, "base_fingerprint", file, std::string()));
+                   JsonField<std::string>(j, "base_fingerprint", file, std::string()));
   ASSIGN_OR_RETURN(m.compressed_base,
-                   Field<std::string>(j, "compressed_base", file, std::string()));
+                   JsonField<std::string>(j, "compressed_base", file, std::string()));
   if (auto it = j.find("calibration"); it != j.end() && it->is_object()) {
     const std::string f = absl::StrCat(file, " calibration");
-    ASSIGN_OR_RETURN(m.calibration_hash, Field<std::string>(*it, "hash", f, std::string()));
-    ASSIGN_OR_RETURN(m.calibration_seqs, Field<int>(*it, "seqs", f, 0));
-    ASSIGN_OR_RETURN(m.calibration_seq_len, Field<int>(*it, "seq_len", f, 0));
+    ASSIGN_OR_RETURN(m.calibration_hash, JsonField<std::string>(*it, "hash", f, std::string()));
+    ASSIGN_OR_RETURN(m.calibration_seqs, JsonField<int>(*it, "seqs", f, 0));
+    ASSIGN_OR_RETURN(m.calibration_seq_len, JsonField<int>(*it, "seq_len", f, 0));
   }
   if (auto it = j.find("profile"); it != j.end() && !it->is_null()) {
     if (!it->is_array())
@@ -148,9 +99,9 @@ absl::StatusOr<AdapterMetadata> MetadataFromJson(const json& j, const std::strin
         return absl::InvalidArgumentError(absl::StrCat(file, ": profile entries must be objects"));
       RankQuality q;
       const std::string f = absl::StrCat(file, " profile");
-      ASSIGN_OR_RETURN(q.rank, Field<int>(p, "rank", f));
-      ASSIGN_OR_RETURN(q.nll, Field<double>(p, "nll", f));
-      ASSIGN_OR_RETURN(q.ppl, Field<double>(p, "ppl", f));
+      ASSIGN_OR_RETURN(q.rank, JsonField<int>(p, "rank", f));
+      ASSIGN_OR_RETURN(q.nll, JsonField<double>(p, "nll", f));
+      ASSIGN_OR_RETURN(q.ppl, JsonField<double>(p, "ppl", f));
       if (q.rank <= prev || q.rank > m.rank)
         return absl::InvalidArgumentError(absl::StrCat(
             file, ": profile ranks must increase and stay within 1..", m.rank, " (got ", q.rank,
@@ -159,7 +110,7 @@ absl::StatusOr<AdapterMetadata> MetadataFromJson(const json& j, const std::strin
       m.profile.push_back(q);
     }
   }
-  ASSIGN_OR_RETURN(m.fit_seconds, Field<double>(j, "fit_seconds", file, 0.0));
+  ASSIGN_OR_RETURN(m.fit_seconds, JsonField<double>(j, "fit_seconds", file, 0.0));
   if (auto it = j.find("extra"); it != j.end() && it->is_object()) {
     for (const auto& [k, v] : it->items())
       m.extra[k] = v.is_string() ? v.get<std::string>() : v.dump();
@@ -461,17 +412,17 @@ absl::StatusOr<AdapterMetadata> ReadAdapterMetadata(const std::string& dir) {
   const std::string meta_path = (fs::path(dir) / kMetaFile).string();
   std::error_code ec;
   if (fs::exists(meta_path, ec)) {
-    ASSIGN_OR_RETURN(json j, ReadJsonFile(meta_path));
+    ASSIGN_OR_RETURN(json j, ReadJsonObjectFile(meta_path));
     return MetadataFromJson(j, meta_path);
   }
   // A plain PEFT adapter: what its config says.
   const std::string cfg_path = (fs::path(dir) / kConfigFile).string();
-  ASSIGN_OR_RETURN(json cfg, ReadJsonFile(cfg_path));
+  ASSIGN_OR_RETURN(json cfg, ReadJsonObjectFile(cfg_path));
   AdapterMetadata m;
   m.method = "peft";
-  ASSIGN_OR_RETURN(m.rank, Field<int>(cfg, "r", cfg_path));
+  ASSIGN_OR_RETURN(m.rank, JsonField<int>(cfg, "r", cfg_path));
   ASSIGN_OR_RETURN(m.base_model,
-                   Field<std::string>(cfg, "base_model_name_or_path", cfg_path, std::string()));
+                   JsonField<std::string>(cfg, "base_model_name_or_path", cfg_path, std::string()));
   return m;
 }
 
@@ -489,18 +440,18 @@ absl::StatusOr<std::shared_ptr<const LowRankAdapter>> LoadAdapterDir(const std::
   const std::string factors_path = (fs::path(dir) / kFactorsFile).string();
 
   // adapter_config.json
-  ASSIGN_OR_RETURN(json cfg, ReadJsonFile(cfg_path));
-  ASSIGN_OR_RETURN(std::string peft_type, Field<std::string>(cfg, "peft_type", cfg_path));
+  ASSIGN_OR_RETURN(json cfg, ReadJsonObjectFile(cfg_path));
+  ASSIGN_OR_RETURN(std::string peft_type, JsonField<std::string>(cfg, "peft_type", cfg_path));
   if (peft_type != "LORA")
     return absl::InvalidArgumentError(
         absl::StrCat(cfg_path, ": peft_type is \"", peft_type, "\", only \"LORA\" is supported"));
-  ASSIGN_OR_RETURN(int r, Field<int>(cfg, "r", cfg_path));
+  ASSIGN_OR_RETURN(int r, JsonField<int>(cfg, "r", cfg_path));
   if (r <= 0) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": r must be positive"));
-  ASSIGN_OR_RETURN(double alpha, Field<double>(cfg, "lora_alpha", cfg_path, 8.0));  // PEFT default
-  ASSIGN_OR_RETURN(bool rslora, Field<bool>(cfg, "use_rslora", cfg_path, false));
-  ASSIGN_OR_RETURN(bool dora, Field<bool>(cfg, "use_dora", cfg_path, false));
-  ASSIGN_OR_RETURN(bool fan_in_fan_out, Field<bool>(cfg, "fan_in_fan_out", cfg_path, false));
-  ASSIGN_OR_RETURN(std::string bias, Field<std::string>(cfg, "bias", cfg_path, std::string("none")));
+  ASSIGN_OR_RETURN(double alpha, JsonField<double>(cfg, "lora_alpha", cfg_path, 8.0));  // PEFT default
+  ASSIGN_OR_RETURN(bool rslora, JsonField<bool>(cfg, "use_rslora", cfg_path, false));
+  ASSIGN_OR_RETURN(bool dora, JsonField<bool>(cfg, "use_dora", cfg_path, false));
+  ASSIGN_OR_RETURN(bool fan_in_fan_out, JsonField<bool>(cfg, "fan_in_fan_out", cfg_path, false));
+  ASSIGN_OR_RETURN(std::string bias, JsonField<std::string>(cfg, "bias", cfg_path, std::string("none")));
   if (dora) return absl::UnimplementedError(absl::StrCat(cfg_path, ": DoRA adapters are not supported"));
   if (fan_in_fan_out)
     return absl::UnimplementedError(absl::StrCat(cfg_path, ": fan_in_fan_out adapters are not supported"));
@@ -520,7 +471,7 @@ absl::StatusOr<std::shared_ptr<const LowRankAdapter>> LoadAdapterDir(const std::
   // eora_adapter.json (optional for adapters made by other tools).
   AdapterMetadata meta;
   if (fs::exists(meta_path, ec)) {
-    ASSIGN_OR_RETURN(json mj, ReadJsonFile(meta_path));
+    ASSIGN_OR_RETURN(json mj, ReadJsonObjectFile(meta_path));
     ASSIGN_OR_RETURN(meta, MetadataFromJson(mj, meta_path));
     if (meta.rank != r)
       return absl::InvalidArgumentError(absl::StrCat(meta_path, ": rank ", meta.rank, " but ",
@@ -534,7 +485,7 @@ absl::StatusOr<std::shared_ptr<const LowRankAdapter>> LoadAdapterDir(const std::
     meta.method = "peft";
     meta.rank = r;
     ASSIGN_OR_RETURN(meta.base_model,
-                     Field<std::string>(cfg, "base_model_name_or_path", cfg_path, std::string()));
+                     JsonField<std::string>(cfg, "base_model_name_or_path", cfg_path, std::string()));
   }
 
   const ModuleDims dims = Dims(config);

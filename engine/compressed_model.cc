@@ -10,6 +10,7 @@
 #include "engine/dir_writer.h"
 #include "engine/dtype.h"
 #include "engine/gguf.h"
+#include "engine/json_file.h"
 #include "engine/quant_matrix.h"
 #include "engine/safetensors.h"
 #include "engine/sha256.h"
@@ -28,57 +29,7 @@ constexpr char kJsonFile[] = "eora_model.json";
 constexpr char kWeightsFile[] = "weights.safetensors";
 constexpr char kHfTokenizerFile[] = "tokenizer.json";
 
-// The SPM tokenizer of a compressed model, with the vocabulary it was built from
-// (so that the model can be written again).
-class VocabSpmTokenizer final : public Tokenizer {
- public:
-  VocabSpmTokenizer(std::unique_ptr<Tokenizer> inner, SpmVocab vocab)
-      : inner_(std::move(inner)), vocab_(std::move(vocab)) {}
-  std::vector<int> Encode(std::string_view text, bool add_bos) const override {
-    return inner_->Encode(text, add_bos);
-  }
-  std::string DecodeToken(int prev, int token) const override {
-    return inner_->DecodeToken(prev, token);
-  }
-  int vocab_size() const override { return inner_->vocab_size(); }
-  int bos_id() const override { return inner_->bos_id(); }
-  int eos_id() const override { return inner_->eos_id(); }
-  std::string_view Piece(int id) const override { return inner_->Piece(id); }
-  const SpmVocab& vocab() const { return vocab_; }
-
- private:
-  std::unique_ptr<Tokenizer> inner_;
-  SpmVocab vocab_;
-};
-
 // ---- Tokenizer capture -----------------------------------------------------------
-
-// The SentencePiece vocabulary in a GGUF file's tokenizer.ggml.* keys.
-absl::StatusOr<SpmVocab> GgufSpmVocab(const std::string& path) {
-  ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> f, GgufFile::Open(path));
-  SpmVocab v;
-  ASSIGN_OR_RETURN(v.pieces, f->GetStringArray("tokenizer.ggml.tokens"));
-  if (f->HasKey("tokenizer.ggml.scores")) {
-    ASSIGN_OR_RETURN(v.scores, f->GetFloatArray("tokenizer.ggml.scores"));
-  }
-  if (f->HasKey("tokenizer.ggml.token_type")) {
-    ASSIGN_OR_RETURN(std::vector<int64_t> t, f->GetIntArray("tokenizer.ggml.token_type"));
-    v.types.assign(t.begin(), t.end());
-  }
-  auto id = [&](const char* key, int def) -> absl::StatusOr<int> {
-    if (!f->HasKey(key)) return def;
-    ASSIGN_OR_RETURN(int64_t x, f->GetInt(key));
-    if (x == 0xFFFFFFFFll) return -1;
-    return static_cast<int>(x);
-  };
-  ASSIGN_OR_RETURN(v.bos_id, id("tokenizer.ggml.bos_token_id", 1));
-  ASSIGN_OR_RETURN(v.eos_id, id("tokenizer.ggml.eos_token_id", 2));
-  ASSIGN_OR_RETURN(v.unk_id, id("tokenizer.ggml.unknown_token_id", 0));
-  if (f->HasKey("tokenizer.ggml.add_space_prefix")) {
-    ASSIGN_OR_RETURN(v.add_space_prefix, f->GetBool("tokenizer.ggml.add_space_prefix"));
-  }
-  return v;
-}
 
 // What to store for the model's tokenizer: the "tokenizer" JSON entry, plus the
 // contents of tokenizer.json for Hugging Face tokenizers.
@@ -87,19 +38,10 @@ absl::Status CaptureTokenizer(const ModelWeights& w, json* entry, std::string* h
   hf_json->clear();
   if (!w.tokenizer) return absl::OkStatus();
   const Tokenizer& tok = *w.tokenizer;
-  std::optional<SpmVocab> vocab;
-  if (const auto* own = dynamic_cast<const VocabSpmTokenizer*>(&tok)) {
-    vocab = own->vocab();
-  } else {
+  const SpmVocab* vocab = tok.spm_vocab();
+  if (vocab == nullptr) {
     std::error_code ec;
-    if (fs::is_regular_file(w.source, ec)) {
-      auto v = GgufSpmVocab(w.source);
-      if (!v.ok())
-        return absl::FailedPreconditionError(
-            absl::StrCat("cannot store the tokenizer: reading it again from ", w.source,
-                         " failed: ", v.status().message()));
-      vocab = std::move(*v);
-    } else if (fs::is_directory(w.source, ec)) {
+    if (fs::is_directory(w.source, ec)) {
       const fs::path hf = fs::path(w.source) / kHfTokenizerFile;
       if (!fs::exists(hf, ec))
         return absl::FailedPreconditionError(
@@ -114,18 +56,10 @@ absl::Status CaptureTokenizer(const ModelWeights& w, json* entry, std::string* h
       return absl::OkStatus();
     } else {
       return absl::FailedPreconditionError(absl::StrCat(
-          "cannot store the tokenizer: its source '", w.source, "' is neither a file nor a directory"));
+          "cannot store the tokenizer: it is not a SentencePiece vocabulary and its source '",
+          w.source, "' is not a Hugging Face directory"));
     }
   }
-  // The vocabulary must be the one the live tokenizer uses.
-  if (static_cast<int>(vocab->pieces.size()) != tok.vocab_size())
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot store the tokenizer: ", w.source, " has ", vocab->pieces.size(),
-        " pieces, the loaded tokenizer ", tok.vocab_size()));
-  for (int i = 0; i < tok.vocab_size(); ++i)
-    if (tok.Piece(i) != vocab->pieces[i])
-      return absl::FailedPreconditionError(absl::StrCat(
-          "cannot store the tokenizer: piece ", i, " of ", w.source, " differs from the loaded one"));
   json j = {{"type", "spm"},
             {"pieces", vocab->pieces},
             {"scores", vocab->scores},
@@ -256,46 +190,26 @@ absl::Status JsonError(const std::string& file, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(file, ": ", what));
 }
 
-template <typename T>
-absl::StatusOr<T> Get(const json& j, const char* key, const std::string& file) {
-  auto it = j.find(key);
-  if (it == j.end()) return JsonError(file, absl::StrCat("missing \"", key, "\""));
-  try {
-    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-      if (!it->is_number_integer()) throw std::invalid_argument("not an integer");
-    } else if constexpr (std::is_floating_point_v<T>) {
-      if (!it->is_number()) throw std::invalid_argument("not a number");
-    } else if constexpr (std::is_same_v<T, bool>) {
-      if (!it->is_boolean()) throw std::invalid_argument("not a boolean");
-    } else if constexpr (std::is_same_v<T, std::string>) {
-      if (!it->is_string()) throw std::invalid_argument("not a string");
-    }
-    return it->get<T>();
-  } catch (const std::exception& e) {
-    return JsonError(file, absl::StrCat("\"", key, "\": ", e.what()));
-  }
-}
-
 absl::StatusOr<ModelConfig> ConfigFromJson(const json& j, const std::string& file) {
   if (!j.is_object()) return JsonError(file, "\"config\" must be an object");
   const std::string f = absl::StrCat(file, " config");
   ModelConfig c;
-  ASSIGN_OR_RETURN(c.architecture, Get<std::string>(j, "architecture", f));
-  ASSIGN_OR_RETURN(c.dim, Get<int>(j, "dim", f));
-  ASSIGN_OR_RETURN(c.n_layers, Get<int>(j, "n_layers", f));
-  ASSIGN_OR_RETURN(c.n_heads, Get<int>(j, "n_heads", f));
-  ASSIGN_OR_RETURN(c.n_kv_heads, Get<int>(j, "n_kv_heads", f));
-  ASSIGN_OR_RETURN(c.head_dim, Get<int>(j, "head_dim", f));
-  ASSIGN_OR_RETURN(c.ffn_dim, Get<int>(j, "ffn_dim", f));
-  ASSIGN_OR_RETURN(c.vocab_size, Get<int>(j, "vocab_size", f));
-  ASSIGN_OR_RETURN(c.max_seq_len, Get<int>(j, "max_seq_len", f));
-  ASSIGN_OR_RETURN(c.norm_eps, Get<float>(j, "norm_eps", f));
-  ASSIGN_OR_RETURN(c.rope_theta, Get<float>(j, "rope_theta", f));
-  ASSIGN_OR_RETURN(std::string rope, Get<std::string>(j, "rope_style", f));
+  ASSIGN_OR_RETURN(c.architecture, JsonField<std::string>(j, "architecture", f));
+  ASSIGN_OR_RETURN(c.dim, JsonField<int>(j, "dim", f));
+  ASSIGN_OR_RETURN(c.n_layers, JsonField<int>(j, "n_layers", f));
+  ASSIGN_OR_RETURN(c.n_heads, JsonField<int>(j, "n_heads", f));
+  ASSIGN_OR_RETURN(c.n_kv_heads, JsonField<int>(j, "n_kv_heads", f));
+  ASSIGN_OR_RETURN(c.head_dim, JsonField<int>(j, "head_dim", f));
+  ASSIGN_OR_RETURN(c.ffn_dim, JsonField<int>(j, "ffn_dim", f));
+  ASSIGN_OR_RETURN(c.vocab_size, JsonField<int>(j, "vocab_size", f));
+  ASSIGN_OR_RETURN(c.max_seq_len, JsonField<int>(j, "max_seq_len", f));
+  ASSIGN_OR_RETURN(c.norm_eps, JsonField<float>(j, "norm_eps", f));
+  ASSIGN_OR_RETURN(c.rope_theta, JsonField<float>(j, "rope_theta", f));
+  ASSIGN_OR_RETURN(std::string rope, JsonField<std::string>(j, "rope_style", f));
   if (rope == "interleaved") c.rope_style = RopeStyle::kInterleaved;
   else if (rope == "half") c.rope_style = RopeStyle::kHalf;
   else return JsonError(f, absl::StrCat("rope_style \"", rope, "\" is not interleaved or half"));
-  ASSIGN_OR_RETURN(c.tied_embeddings, Get<bool>(j, "tied_embeddings", f));
+  ASSIGN_OR_RETURN(c.tied_embeddings, JsonField<bool>(j, "tied_embeddings", f));
   constexpr int kMax = 1 << 24;
   for (int v : {c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim, c.vocab_size,
                 c.max_seq_len})
@@ -353,9 +267,9 @@ struct Reader {
     if (it == entries->end() || !it->is_object())
       return JsonError(json_path, absl::StrCat("no entry for tensor ", name));
     const std::string where = absl::StrCat(json_path, " tensor ", name);
-    ASSIGN_OR_RETURN(std::string format, Get<std::string>(*it, "format", where));
-    ASSIGN_OR_RETURN(int r, Get<int>(*it, "rows", where));
-    ASSIGN_OR_RETURN(int c, Get<int>(*it, "cols", where));
+    ASSIGN_OR_RETURN(std::string format, JsonField<std::string>(*it, "format", where));
+    ASSIGN_OR_RETURN(int r, JsonField<int>(*it, "rows", where));
+    ASSIGN_OR_RETURN(int c, JsonField<int>(*it, "cols", where));
     if (r != rows || c != cols)
       return absl::InvalidArgumentError(absl::StrCat(where, ": shape [", r, ", ", c,
                                                      "] but the config implies [", rows, ", ", cols,
@@ -374,8 +288,8 @@ struct Reader {
     }
     QuantSpec spec;
     if (format == "quant" || format == "sparse24-quant") {
-      ASSIGN_OR_RETURN(spec.bits, Get<int>(*it, "bits", where));
-      ASSIGN_OR_RETURN(spec.group_size, Get<int>(*it, "group_size", where));
+      ASSIGN_OR_RETURN(spec.bits, JsonField<int>(*it, "bits", where));
+      ASSIGN_OR_RETURN(spec.group_size, JsonField<int>(*it, "group_size", where));
     }
     if (format == "quant") {
       ASSIGN_OR_RETURN(PackedQuant p, Packed(name, rows, cols, spec));
@@ -411,9 +325,9 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> TokenizerFromJson(const json& j
   if (j.is_null()) return std::shared_ptr<const Tokenizer>();
   if (!j.is_object()) return JsonError(file, "\"tokenizer\" must be an object or null");
   const std::string f = absl::StrCat(file, " tokenizer");
-  ASSIGN_OR_RETURN(std::string type, Get<std::string>(j, "type", f));
+  ASSIGN_OR_RETURN(std::string type, JsonField<std::string>(j, "type", f));
   if (type == "hf") {
-    ASSIGN_OR_RETURN(std::string name, Get<std::string>(j, "file", f));
+    ASSIGN_OR_RETURN(std::string name, JsonField<std::string>(j, "file", f));
     if (name.empty() || name.find('/') != std::string::npos || name == "..")
       return JsonError(f, "\"file\" must be a plain file name");
     ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> t, LoadHfTokenizer((fs::path(dir) / name).string()));
@@ -434,8 +348,7 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> TokenizerFromJson(const json& j
   }
   auto t = MakeSpmTokenizer(v);
   if (!t.ok()) return JsonError(f, std::string(t.status().message()));
-  return std::shared_ptr<const Tokenizer>(
-      std::make_shared<VocabSpmTokenizer>(std::move(t).value(), std::move(v)));
+  return std::shared_ptr<const Tokenizer>(std::move(t).value());
 }
 
 }  // namespace
@@ -515,29 +428,20 @@ absl::StatusOr<ModelWeights> LoadCompressedModel(const std::string& path,
     return absl::NotFoundError(absl::StrCat(path, ": not a compressed model directory"));
   const std::string json_path = (fs::path(dir) / kJsonFile).string();
   const std::string weights_path = (fs::path(dir) / kWeightsFile).string();
-  std::ifstream in(json_path, std::ios::binary);
-  if (!in)
-    return absl::NotFoundError(absl::StrCat(json_path, ": cannot open (not a compressed model "
-                                                       "directory?)"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  json j;
-  try {
-    j = json::parse(ss.str());
-  } catch (const std::exception& e) {
-    return JsonError(json_path, absl::StrCat("invalid JSON: ", e.what()));
-  }
-  if (!j.is_object()) return JsonError(json_path, "top level is not an object");
-  ASSIGN_OR_RETURN(std::string format, Get<std::string>(j, "format", json_path));
+  if (!fs::exists(json_path, ec))
+    return absl::NotFoundError(
+        absl::StrCat(json_path, ": cannot open (not a compressed model directory?)"));
+  ASSIGN_OR_RETURN(json j, ReadJsonObjectFile(json_path));
+  ASSIGN_OR_RETURN(std::string format, JsonField<std::string>(j, "format", json_path));
   if (format != kCompressedModelFormat)
     return JsonError(json_path, absl::StrCat("format is \"", format, "\", expected \"",
                                              kCompressedModelFormat, "\""));
-  ASSIGN_OR_RETURN(int version, Get<int>(j, "version", json_path));
+  ASSIGN_OR_RETURN(int version, JsonField<int>(j, "version", json_path));
   if (version != kCompressedModelVersion)
     return absl::UnimplementedError(absl::StrCat(json_path, ": version ", version,
                                                  " is not supported (this build reads ",
                                                  kCompressedModelVersion, ")"));
-  ASSIGN_OR_RETURN(int packed_version, Get<int>(j, "packed_format_version", json_path));
+  ASSIGN_OR_RETURN(int packed_version, JsonField<int>(j, "packed_format_version", json_path));
   if (packed_version != kPackedFormatVersion)
     return absl::UnimplementedError(absl::StrCat(json_path, ": packed_format_version ",
                                                  packed_version, " is not supported (this build "
@@ -547,7 +451,7 @@ absl::StatusOr<ModelWeights> LoadCompressedModel(const std::string& path,
   if (!j.contains("config")) return JsonError(json_path, "missing \"config\"");
   ASSIGN_OR_RETURN(w.config, ConfigFromJson(j["config"], json_path));
   const ModelConfig& c = w.config;
-  ASSIGN_OR_RETURN(bool shared, Get<bool>(j, "output_shares_embedding", json_path));
+  ASSIGN_OR_RETURN(bool shared, JsonField<bool>(j, "output_shares_embedding", json_path));
   auto tensors_it = j.find("tensors");
   if (tensors_it == j.end() || !tensors_it->is_object())
     return JsonError(json_path, "missing \"tensors\" object");

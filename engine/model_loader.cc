@@ -23,6 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "engine/gguf.h"
+#include "engine/json_file.h"
 #include "engine/safetensors.h"
 #include "engine/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -187,29 +188,6 @@ absl::StatusOr<int> GgufTokenId(const GgufFile& f, const std::string& key, int d
   return static_cast<int>(v);
 }
 
-// The SPM tokenizer of a GGUF model together with the vocabulary it was built from,
-// so that WriteHfCheckpoint can export it as tokenizer.json. Forwards every call.
-class SpmVocabTokenizer final : public Tokenizer {
- public:
-  SpmVocabTokenizer(std::unique_ptr<Tokenizer> inner, SpmVocab vocab)
-      : inner_(std::move(inner)), vocab_(std::move(vocab)) {}
-  std::vector<int> Encode(std::string_view text, bool add_bos) const override {
-    return inner_->Encode(text, add_bos);
-  }
-  std::string DecodeToken(int prev, int token) const override {
-    return inner_->DecodeToken(prev, token);
-  }
-  int vocab_size() const override { return inner_->vocab_size(); }
-  int bos_id() const override { return inner_->bos_id(); }
-  int eos_id() const override { return inner_->eos_id(); }
-  std::string_view Piece(int id) const override { return inner_->Piece(id); }
-  const SpmVocab& vocab() const { return vocab_; }
-
- private:
-  std::unique_ptr<Tokenizer> inner_;
-  SpmVocab vocab_;
-};
-
 absl::StatusOr<std::shared_ptr<const Tokenizer>> GgufTokenizer(const GgufFile& f) {
   if (!f.HasKey("tokenizer.ggml.tokens")) return std::shared_ptr<const Tokenizer>();
   if (f.HasKey("tokenizer.ggml.model")) {
@@ -254,8 +232,7 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> GgufTokenizer(const GgufFile& f
   if (!tok.ok())
     return absl::Status(tok.status().code(),
                         absl::StrCat(f.path(), ": tokenizer: ", tok.status().message()));
-  return std::shared_ptr<const Tokenizer>(
-      std::make_shared<SpmVocabTokenizer>(std::move(tok).value(), std::move(vocab)));
+  return std::shared_ptr<const Tokenizer>(std::move(tok).value());
 }
 
 absl::StatusOr<ModelWeights> LoadGguf(const std::string& path, const LoadOptions& options) {
@@ -366,61 +343,15 @@ absl::StatusOr<ModelWeights> LoadGguf(const std::string& path, const LoadOptions
 
 // ---- Hugging Face ------------------------------------------------------------------
 
-absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
-  std::error_code ec;
-  const auto size = fs::file_size(path, ec);
-  if (ec) return absl::NotFoundError(absl::StrCat(path, ": cannot read: ", ec.message()));
-  if (size > (64u << 20))
-    return absl::InvalidArgumentError(absl::StrCat(path, ": file is too large (", size, " bytes)"));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  try {
-    nlohmann::json j = nlohmann::json::parse(ss.str());
-    if (!j.is_object())
-      return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
-    return j;
-  } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": invalid JSON: ", e.what()));
-  }
-}
-
-// Reads an integer field; `def` (if given) when absent or null.
+// Reads an integer field within the range of int; `def` (if given) when absent or null.
 absl::StatusOr<int> JsonInt(const nlohmann::json& j, const std::string& file,
                             const std::string& key, std::optional<int> def = std::nullopt) {
   auto it = j.find(key);
-  if (it == j.end() || it->is_null()) {
-    if (def) return *def;
-    return absl::InvalidArgumentError(absl::StrCat(file, ": missing required field \"", key, "\""));
-  }
-  if (!it->is_number_integer())
-    return absl::InvalidArgumentError(
-        absl::StrCat(file, ": field \"", key, "\" must be an integer, got ", it->dump()));
-  const int64_t v = it->get<int64_t>();
+  if (def && (it == j.end() || it->is_null())) return *def;
+  ASSIGN_OR_RETURN(int64_t v, JsonField<int64_t>(j, key, file));
   RETURN_IF_ERROR(
       CheckDim(file, absl::StrCat("\"", key, "\""), v, std::numeric_limits<int>::max()));
   return static_cast<int>(v);
-}
-
-absl::StatusOr<double> JsonFloat(const nlohmann::json& j, const std::string& file,
-                                 const std::string& key, double def) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return def;
-  if (!it->is_number())
-    return absl::InvalidArgumentError(
-        absl::StrCat(file, ": field \"", key, "\" must be a number, got ", it->dump()));
-  return it->get<double>();
-}
-
-absl::StatusOr<bool> JsonBool(const nlohmann::json& j, const std::string& file,
-                              const std::string& key, bool def) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return def;
-  if (!it->is_boolean())
-    return absl::InvalidArgumentError(
-        absl::StrCat(file, ": field \"", key, "\" must be a boolean, got ", it->dump()));
-  return it->get<bool>();
 }
 
 absl::Status CheckHfArchitecture(const nlohmann::json& j, const std::string& file) {
@@ -462,7 +393,7 @@ absl::StatusOr<TensorView> HfView(const SafetensorsCheckpoint& ck, const std::st
 
 absl::StatusOr<ModelWeights> LoadHf(const std::string& dir, const LoadOptions& options) {
   const std::string config_path = (fs::path(dir) / "config.json").string();
-  ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonFile(config_path));
+  ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonObjectFile(config_path));
   RETURN_IF_ERROR(CheckHfArchitecture(j, config_path));
   // Features the engine's Llama forward pass does not implement.
   if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null())
@@ -472,7 +403,7 @@ absl::StatusOr<ModelWeights> LoadHf(const std::string& dir, const LoadOptions& o
     return absl::UnimplementedError(
         absl::StrCat(config_path, ": hidden_act ", it->dump(), " is not supported (only silu)"));
   for (const char* key : {"attention_bias", "mlp_bias"}) {
-    ASSIGN_OR_RETURN(bool b, JsonBool(j, config_path, key, false));
+    ASSIGN_OR_RETURN(bool b, JsonField<bool>(j, key, config_path, false));
     if (b)
       return absl::UnimplementedError(
           absl::StrCat(config_path, ": ", key, " = true is not supported"));
@@ -491,11 +422,11 @@ absl::StatusOr<ModelWeights> LoadHf(const std::string& dir, const LoadOptions& o
   ASSIGN_OR_RETURN(c.vocab_size, JsonInt(j, config_path, "vocab_size"));
   ASSIGN_OR_RETURN(c.max_seq_len, JsonInt(j, config_path, "max_position_embeddings", 2048));
   ASSIGN_OR_RETURN(c.head_dim, JsonInt(j, config_path, "head_dim", 0));
-  ASSIGN_OR_RETURN(double eps, JsonFloat(j, config_path, "rms_norm_eps", 1e-6));
+  ASSIGN_OR_RETURN(double eps, JsonField<double>(j, "rms_norm_eps", config_path, 1e-6));
   c.norm_eps = static_cast<float>(eps);
-  ASSIGN_OR_RETURN(double theta, JsonFloat(j, config_path, "rope_theta", 10000.0));
+  ASSIGN_OR_RETURN(double theta, JsonField<double>(j, "rope_theta", config_path, 10000.0));
   c.rope_theta = static_cast<float>(theta);
-  ASSIGN_OR_RETURN(bool tie, JsonBool(j, config_path, "tie_word_embeddings", false));
+  ASSIGN_OR_RETURN(bool tie, JsonField<bool>(j, "tie_word_embeddings", config_path, false));
   RETURN_IF_ERROR(CheckConfig(config_path, c));
 
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsCheckpoint> ck, SafetensorsCheckpoint::Open(dir));
@@ -601,8 +532,8 @@ const char* TorchDTypeName(DType t) {
 absl::Status WriteTokenizer(const ModelWeights& weights, const std::string& dir) {
   if (!weights.tokenizer) return absl::OkStatus();
   const std::string out = (fs::path(dir) / "tokenizer.json").string();
-  if (const auto* spm = dynamic_cast<const SpmVocabTokenizer*>(weights.tokenizer.get())) {
-    auto json = SpmVocabToHfTokenizerJson(spm->vocab());
+  if (const SpmVocab* vocab = weights.tokenizer->spm_vocab()) {
+    auto json = SpmVocabToHfTokenizerJson(*vocab);
     if (!json.ok())
       return absl::Status(
           json.status().code(),

@@ -76,6 +76,7 @@ class SpmTokenizer final : public Tokenizer {
   int vocab_size() const override { return static_cast<int>(vocab_.pieces.size()); }
   int bos_id() const override { return vocab_.bos_id; }
   int eos_id() const override { return vocab_.eos_id; }
+  const SpmVocab* spm_vocab() const override { return &vocab_; }
   std::string_view Piece(int id) const override {
     if (id < 0 || id >= vocab_size()) return {};
     return vocab_.pieces[id];

@@ -20,6 +20,8 @@
 
 namespace eora {
 
+struct SpmVocab;
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -41,6 +43,9 @@ class Tokenizer {
   virtual int eos_id() const = 0;
   // The vocabulary piece of an id ("" if out of range).
   virtual std::string_view Piece(int id) const = 0;
+  // The SentencePiece vocabulary this tokenizer was built from (MakeSpmTokenizer), so
+  // that a model can be written again with it; nullptr for other tokenizers.
+  virtual const SpmVocab* spm_vocab() const { return nullptr; }
 };
 
 // SentencePiece-style vocabulary (from GGUF metadata).
