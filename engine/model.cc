@@ -44,22 +44,152 @@ inline V8 LoadV8(const float* p) {
   return v;
 }
 
+typedef int32_t I8 __attribute__((vector_size(32)));
+typedef float V4 __attribute__((vector_size(16)));
+
+inline float Hsum8(V8 a) { return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])); }
+inline float Hmax8(V8 a) {
+  float m = a[0];
+  for (int i = 1; i < 8; ++i) m = std::max(m, a[i]);
+  return m;
+}
+
+// Lane j of the result is Hsum8(a[j]) for 8 vectors, with the same summation order
+// (so a score does not depend on which path computed it).
+__attribute__((always_inline)) inline V4 PairSums(V4 a, V4 b) {
+  return __builtin_shufflevector(a, b, 0, 2, 4, 6) + __builtin_shufflevector(a, b, 1, 3, 5, 7);
+}
+__attribute__((always_inline)) inline V8 Hsum8x8(const V8* a) {
+  V4 h[8];
+  for (int j = 0; j < 8; ++j)
+    h[j] = __builtin_shufflevector(a[j], a[j], 0, 1, 2, 3) +
+           __builtin_shufflevector(a[j], a[j], 4, 5, 6, 7);  // (x0+x4, x1+x5, x2+x6, x3+x7)
+  const V4 lo = PairSums(PairSums(h[0], h[1]), PairSums(h[2], h[3]));
+  const V4 hi = PairSums(PairSums(h[4], h[5]), PairSums(h[6], h[7]));
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+
+// e^x for x <= 0 (8 lanes): Cody-Waite reduction, degree-6 polynomial (the Cephes
+// expf one, about 1 ulp); lanes below -87.3 give 0.
+__attribute__((always_inline)) inline V8 ExpNeg8(V8 x) {
+  const V8 lo = V8{} - 87.33f;
+  const I8 under = x < lo;
+  x = x < lo ? lo : x;
+  const V8 magic = V8{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  V8 n = x * 1.44269504088896341f + magic;
+  const I8 ni = (I8)n - (I8)magic;
+  n = n - magic;
+  V8 r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  V8 p = V8{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  I8 bits = (I8)p + (ni << 23);
+  bits = under ? I8{} : bits;
+  return (V8)bits;
+}
+
+// The vector path of AttendHead for head_dim = 8 * kNv (see below).
+template <int kNv>
+__attribute__((always_inline)) inline void AttendVec(const float* q, const float* const* kb,
+                                                     const float* const* vb, int stride, int n,
+                                                     float scale, float* scores, float* out) {
+  constexpr int B = KvCache::kBlockTokens;
+  static_assert(B % 8 == 0);
+  const int nblocks = (n + B - 1) / B;
+  V8 qv[kNv];
+  for (int j = 0; j < kNv; ++j) qv[j] = LoadV8(q + 8 * j);
+  auto dot = [&](const float* k) {
+    V8 a = qv[0] * LoadV8(k);
+    for (int j = 1; j < kNv; ++j) a += qv[j] * LoadV8(k + 8 * j);
+    return a;
+  };
+  // Scores, 8 keys at a time; padding lanes get -inf (exp gives 0).
+  V8 mxv = V8{} - INFINITY;
+  for (int blk = 0; blk < nblocks; ++blk) {
+    const float* base = kb[blk];
+    const int cnt = std::min(B, n - blk * B);
+    float* sc = scores + blk * B;
+    for (int i0 = 0; i0 < cnt; i0 += 8) {
+      const float* k = base + static_cast<size_t>(i0) * stride;
+      V8 acc[8];
+      V8 s;
+      if (cnt - i0 >= 8) {
+        for (int i = 0; i < 8; ++i) acc[i] = dot(k + static_cast<size_t>(i) * stride);
+        s = Hsum8x8(acc) * scale;
+      } else {
+        const int m = cnt - i0;
+        for (int i = 0; i < 8; ++i) acc[i] = i < m ? dot(k + static_cast<size_t>(i) * stride) : V8{};
+        s = Hsum8x8(acc) * scale;
+        for (int i = m; i < 8; ++i) s[i] = -INFINITY;
+      }
+      mxv = mxv > s ? mxv : s;
+      std::memcpy(sc + i0, &s, sizeof(V8));  // scores has room up to a multiple of 8
+    }
+  }
+  const float mx = Hmax8(mxv);
+  const int n8 = (n + 7) / 8 * 8;
+  V8 sumv = V8{};
+  for (int p = 0; p < n8; p += 8) {
+    const V8 e = ExpNeg8(LoadV8(scores + p) - mx);
+    sumv += e;
+    std::memcpy(scores + p, &e, sizeof(V8));
+  }
+  const float inv = 1.0f / Hsum8(sumv);
+  // Weighted values; with one or two vectors per row, four chains over the keys.
+  constexpr int kChains = kNv <= 2 ? 4 : 1;
+  V8 acc[kChains][kNv];
+  for (int c = 0; c < kChains; ++c)
+    for (int j = 0; j < kNv; ++j) acc[c][j] = V8{};
+  for (int blk = 0; blk < nblocks; ++blk) {
+    const float* base = vb[blk];
+    const int cnt = std::min(B, n - blk * B);
+    const float* sc = scores + blk * B;
+    int i = 0;
+    for (; i + kChains <= cnt; i += kChains)
+      for (int c = 0; c < kChains; ++c) {
+        const float w = sc[i + c];
+        const float* v = base + static_cast<size_t>(i + c) * stride;
+        for (int j = 0; j < kNv; ++j) acc[c][j] += w * LoadV8(v + 8 * j);
+      }
+    for (; i < cnt; ++i) {
+      const float w = sc[i];
+      const float* v = base + static_cast<size_t>(i) * stride;
+      for (int j = 0; j < kNv; ++j) acc[0][j] += w * LoadV8(v + 8 * j);
+    }
+  }
+  for (int j = 0; j < kNv; ++j) {
+    V8 o = acc[0][j];
+    if constexpr (kChains == 4) o = (o + acc[1][j]) + (acc[2][j] + acc[3][j]);
+    o *= inv;
+    std::memcpy(out + 8 * j, &o, sizeof(V8));
+  }
+}
+
 // Attention of one query head over n cached positions. kb[i] / vb[i] point at the
 // head's key / value in block i; rows within a block are `stride` floats apart.
+// `scores` has room for n rounded up to a multiple of 8.
 // Compiled for several ISAs; the loader picks one at startup (GCC target_clones).
-// Head dims that are multiples of 8 (all real models) use 8-wide vectors with the
-// output accumulated in registers; others take the scalar loop.
+// Head dims of 8, 16, 32, 64, 128 use 8-wide vectors: scores of 8 keys at a time,
+// a vectorised exp, the output accumulated in registers; others take the scalar
+// loop.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void AttendHead(const float* q, int hd, const float* const* kb, const float* const* vb, int stride,
                 int n, float scale, float* scores, float* out) {
+  switch (hd) {
+    case 8: return AttendVec<1>(q, kb, vb, stride, n, scale, scores, out);
+    case 16: return AttendVec<2>(q, kb, vb, stride, n, scale, scores, out);
+    case 32: return AttendVec<4>(q, kb, vb, stride, n, scale, scores, out);
+    case 64: return AttendVec<8>(q, kb, vb, stride, n, scale, scores, out);
+    case 128: return AttendVec<16>(q, kb, vb, stride, n, scale, scores, out);
+    default: break;
+  }
   constexpr int B = KvCache::kBlockTokens;
-  constexpr int kMaxVec = 32;  // head_dim <= 256 on the vector path
   const int nblocks = (n + B - 1) / B;
-  const bool vec = hd % 8 == 0 && hd / 8 <= kMaxVec;
-  const int nv = hd / 8;
-  V8 qv[kMaxVec];
-  if (vec)
-    for (int j = 0; j < nv; ++j) qv[j] = LoadV8(q + 8 * j);
   float mx = -INFINITY;
   for (int blk = 0; blk < nblocks; ++blk) {
     const float* base = kb[blk];
@@ -68,13 +198,7 @@ void AttendHead(const float* q, int hd, const float* const* kb, const float* con
     for (int i = 0; i < cnt; ++i) {
       const float* k = base + static_cast<size_t>(i) * stride;
       float s = 0.f;
-      if (vec) {
-        V8 acc = qv[0] * LoadV8(k);
-        for (int j = 1; j < nv; ++j) acc += qv[j] * LoadV8(k + 8 * j);
-        s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-      } else {
-        for (int d = 0; d < hd; ++d) s += q[d] * k[d];
-      }
+      for (int d = 0; d < hd; ++d) s += q[d] * k[d];
       sc[i] = s * scale;
       mx = std::max(mx, sc[i]);
     }
@@ -85,22 +209,6 @@ void AttendHead(const float* q, int hd, const float* const* kb, const float* con
     sum += scores[p];
   }
   const float inv = 1.0f / sum;
-  if (vec) {
-    V8 acc[kMaxVec];
-    for (int j = 0; j < nv; ++j) acc[j] = V8{} ;
-    for (int blk = 0; blk < nblocks; ++blk) {
-      const float* base = vb[blk];
-      const int cnt = std::min(B, n - blk * B);
-      const float* sc = scores + blk * B;
-      for (int i = 0; i < cnt; ++i) {
-        const float w = sc[i] * inv;
-        const float* v = base + static_cast<size_t>(i) * stride;
-        for (int j = 0; j < nv; ++j) acc[j] += w * LoadV8(v + 8 * j);
-      }
-    }
-    for (int j = 0; j < nv; ++j) std::memcpy(out + 8 * j, &acc[j], sizeof(V8));
-    return;
-  }
   for (int d = 0; d < hd; ++d) out[d] = 0.f;
   for (int blk = 0; blk < nblocks; ++blk) {
     const float* base = vb[blk];
@@ -276,7 +384,7 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
           kb[blk] = cache->BlockKeys(seq, cache_layer, blk) + kvh * hd;
           vb[blk] = cache->BlockValues(seq, cache_layer, blk) + kvh * hd;
         }
-        scores.resize(n);
+        scores.resize((n + 7) / 8 * 8);
         AttendHead(q_.data() + static_cast<size_t>(t) * qd + h * hd, hd, kb.data(), vb.data(), kvd,
                    n, att_scale, scores.data(), att_.data() + static_cast<size_t>(t) * qd + h * hd);
       }

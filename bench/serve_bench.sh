@@ -1,0 +1,59 @@
+#!/bin/bash
+# Batching gain of eora-server on the bundled stories260K model: starts the server
+# on free ports, runs `eora bench-serve` closed loop with 1 and 16 streams (unary
+# Generate and GenerateStream), prints one table row per run, and stops the server.
+#
+#   bench/serve_bench.sh [BUILD_DIR] [SERVER_THREADS] [REPEATS]
+#
+# Environment: REQUESTS (128), MAX_NEW (128), STREAMS ("1 16"), RPCS ("unary stream"),
+# EXTRA_SERVER_FLAGS, EXTRA_BENCH_FLAGS.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+build=${1:-$here/build}
+threads=${2:-1}
+repeats=${3:-1}
+requests=${REQUESTS:-128}
+max_new=${MAX_NEW:-128}
+streams_list=${STREAMS:-1 16}
+rpcs=${RPCS:-unary stream}
+model=$here/models/stories260K/stories260K.gguf
+tmp=$(mktemp -d)
+server_pid=
+cleanup() {
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+mkdir -p "$tmp/store"
+"$build/bin/eora-server" --model "$model" --adapter-store "$tmp/store" --listen 127.0.0.1:0 \
+  --http-listen 127.0.0.1:0 --threads "$threads" ${EXTRA_SERVER_FLAGS:-} >"$tmp/server.log" 2>&1 &
+server_pid=$!
+port=
+for _ in $(seq 1 200); do
+  port=$(grep -o 'gRPC listening on [0-9.]*:[0-9]*' "$tmp/server.log" 2>/dev/null | head -1 | sed 's/.*://') || true
+  [ -n "$port" ] && break
+  sleep 0.05
+done
+[ -n "$port" ] || { echo "server did not start:"; cat "$tmp/server.log"; exit 1; }
+echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); server --threads $threads; $requests requests x $max_new tokens"
+echo "| RPC | streams | output tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | load avg |"
+echo "|---|---:|---:|---|---|---|"
+for rep in $(seq 1 "$repeats"); do
+  for rpc in $rpcs; do
+    for s in $streams_list; do
+      flag=; name=GenerateStream
+      [ "$rpc" = unary ] && flag=--unary && name="Generate (unary)"
+      "$build/bin/eora" bench-serve --target "127.0.0.1:$port" --streams "$s" --requests "$requests" \
+        --max-new-tokens "$max_new" --ignore-eos $flag --json ${EXTRA_BENCH_FLAGS:-} >"$tmp/out.json"
+      load=$(cut -d' ' -f1 /proc/loadavg)
+      /usr/bin/python3 - "$tmp/out.json" "$name" "$s" "$load" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+err = sum(j["errors"].values()) if j["errors"] else 0
+print("| %s | %s | %.0f | %.2f / %.2f | %.3f / %.3f | %s |%s" % (
+    sys.argv[2], sys.argv[3], j["output_tokens_per_s"], j["ttft_ms"]["p50"], j["ttft_ms"]["p99"],
+    j["tpot_ms"]["p50"], j["tpot_ms"]["p99"], sys.argv[4], " ERRORS %d" % err if err else ""))
+PY
+    done
+  done
+done
