@@ -158,12 +158,15 @@ inline __m256 Load8(const void* w, size_t i) {
 }
 
 // First `count` (< 8) elements at w[i], zero-filled.
+// Lanes [0, count) all ones: kLaneMask + 8 - count.
+alignas(64) constexpr int32_t kLaneMask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
 template <int kType>
 inline __m256 LoadPartial(const void* w, size_t i, int count) {
   if constexpr (kType == kDenseF32) {
-    alignas(32) float tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    std::memcpy(tmp, static_cast<const float*>(w) + i, sizeof(float) * count);
-    return _mm256_load_ps(tmp);
+    // A masked load reads no byte past the last valid element.
+    const __m256i mask = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kLaneMask + 8 - count));
+    return _mm256_maskload_ps(static_cast<const float*>(w) + i, mask);
   } else {
     alignas(16) uint16_t tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     std::memcpy(tmp, static_cast<const uint16_t*>(w) + i, sizeof(uint16_t) * count);
@@ -214,8 +217,18 @@ void DenseGemmTile(const void* w, int cols, int r, const float* x, int ldx, floa
       EORA_UNROLL for (int i = 0; i < kR; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
     }
   }
-  EORA_UNROLL for (int j = 0; j < kT; ++j)
-    EORA_UNROLL for (int i = 0; i < kR; ++i) y[static_cast<size_t>(j) * ldy + r + i] = Hsum(acc[i][j]);
+  if constexpr (kR == 2 && kT % 2 == 0) {
+    // Four sums per Hsum4 (same association order as Hsum): rows r, r+1 of two
+    // activation rows.
+    EORA_UNROLL for (int j = 0; j < kT; j += 2) {
+      const __m128 s = Hsum4(acc[0][j], acc[1][j], acc[0][j + 1], acc[1][j + 1]);
+      _mm_storel_pi(reinterpret_cast<__m64*>(y + static_cast<size_t>(j) * ldy + r), s);
+      _mm_storeh_pi(reinterpret_cast<__m64*>(y + static_cast<size_t>(j + 1) * ldy + r), s);
+    }
+  } else {
+    EORA_UNROLL for (int j = 0; j < kT; ++j)
+      EORA_UNROLL for (int i = 0; i < kR; ++i) y[static_cast<size_t>(j) * ldy + r + i] = Hsum(acc[i][j]);
+  }
 }
 
 template <int kType, int kR>
