@@ -55,16 +55,16 @@ void KvCache::Truncate(KvSequence* seq, int length) {
 void KvCache::Free(KvSequence* seq) { Truncate(seq, 0); }
 
 float* KvCache::Key(const KvSequence& seq, int layer, int pos) {
-  return data_.data() + Offset(seq.blocks_[pos / kBlockTokens], layer, 0, pos % kBlockTokens);
+  return data_.data() + Offset(seq.blocks_[pos / kBlockTokens], layer, 0, 0) + pos % kBlockTokens;
 }
 float* KvCache::Value(const KvSequence& seq, int layer, int pos) {
-  return data_.data() + Offset(seq.blocks_[pos / kBlockTokens], layer, 1, pos % kBlockTokens);
+  return data_.data() + Offset(seq.blocks_[pos / kBlockTokens], layer, 1, 0) + pos % kBlockTokens;
 }
 const float* KvCache::Key(const KvSequence& seq, int layer, int pos) const {
-  return data_.data() + Offset(seq.blocks_[pos / kBlockTokens], layer, 0, pos % kBlockTokens);
+  return data_.data() + Offset(seq.blocks_[pos / kBlockTokens], layer, 0, 0) + pos % kBlockTokens;
 }
 const float* KvCache::Value(const KvSequence& seq, int layer, int pos) const {
-  return data_.data() + Offset(seq.blocks_[pos / kBlockTokens], layer, 1, pos % kBlockTokens);
+  return data_.data() + Offset(seq.blocks_[pos / kBlockTokens], layer, 1, 0) + pos % kBlockTokens;
 }
 
 }  // namespace eora

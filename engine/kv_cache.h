@@ -54,14 +54,17 @@ class KvCache {
   // Returns all blocks of `seq` to the pool; the sequence becomes empty.
   void Free(KvSequence* seq);
 
-  // Pointers to the key / value vectors (kv_dim floats) of `pos` in `layer`.
+  // The key / value of `pos` in `layer`: its kv_dim elements are kBlockTokens
+  // floats apart (stored dim-major within a block, so that attention works on a
+  // block's positions with full-width vector operations).
   float* Key(const KvSequence& seq, int layer, int pos);
   float* Value(const KvSequence& seq, int layer, int pos);
   const float* Key(const KvSequence& seq, int layer, int pos) const;
   const float* Value(const KvSequence& seq, int layer, int pos) const;
 
-  // Base of the keys / values of block `b` of `seq` in `layer`: kBlockTokens rows
-  // of kv_dim floats (position b * kBlockTokens + i is row i).
+  // Base of the keys / values of block `b` of `seq` in `layer`: kv_dim rows of
+  // kBlockTokens floats (element c of position b * kBlockTokens + i at
+  // [c * kBlockTokens + i]).
   const float* BlockKeys(const KvSequence& seq, int layer, int b) const {
     return data_.data() + Offset(seq.blocks_[b], layer, 0, 0);
   }

@@ -96,96 +96,88 @@ __attribute__((always_inline)) inline V8 ExpNeg8(V8 x) {
 // The vector path of AttendHead for head_dim = 8 * kNv (see below).
 template <int kNv>
 __attribute__((always_inline)) inline void AttendVec(const float* q, const float* const* kb,
-                                                     const float* const* vb, int stride, int n,
-                                                     float scale, float* scores, float* out) {
+                                                     const float* const* vb, int n, float scale,
+                                                     float* scores, float* out) {
   constexpr int B = KvCache::kBlockTokens;
-  static_assert(B % 8 == 0);
+  static_assert(B == 16);
+  constexpr int kHd = 8 * kNv;
   const int nblocks = (n + B - 1) / B;
-  V8 qv[kNv];
-  for (int j = 0; j < kNv; ++j) qv[j] = LoadV8(q + 8 * j);
-  auto dot = [&](const float* k) {
-    V8 a = qv[0] * LoadV8(k);
-    for (int j = 1; j < kNv; ++j) a += qv[j] * LoadV8(k + 8 * j);
-    return a;
-  };
-  // Scores, 8 keys at a time; padding lanes get -inf (exp gives 0).
+  const int last = n - (nblocks - 1) * B;  // positions in the last block, 1..16
+  const I8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  const I8 lo_live = lane < last, hi_live = lane + 8 < last;
+  // Scores of a block's 16 keys at once, two chains per half block; slots past
+  // the sequence get -inf (exp gives 0).
   V8 mxv = V8{} - INFINITY;
   for (int blk = 0; blk < nblocks; ++blk) {
-    const float* base = kb[blk];
-    const int cnt = std::min(B, n - blk * B);
-    float* sc = scores + blk * B;
-    for (int i0 = 0; i0 < cnt; i0 += 8) {
-      const float* k = base + static_cast<size_t>(i0) * stride;
-      V8 acc[8];
-      V8 s;
-      if (cnt - i0 >= 8) {
-        for (int i = 0; i < 8; ++i) acc[i] = dot(k + static_cast<size_t>(i) * stride);
-        s = Hsum8x8(acc) * scale;
-      } else {
-        const int m = cnt - i0;
-        for (int i = 0; i < 8; ++i) acc[i] = i < m ? dot(k + static_cast<size_t>(i) * stride) : V8{};
-        s = Hsum8x8(acc) * scale;
-        for (int i = m; i < 8; ++i) s[i] = -INFINITY;
-      }
-      mxv = mxv > s ? mxv : s;
-      std::memcpy(sc + i0, &s, sizeof(V8));  // scores has room up to a multiple of 8
+    const float* kt = kb[blk];
+    V8 lo0 = V8{}, lo1 = V8{}, hi0 = V8{}, hi1 = V8{};
+    for (int d = 0; d < kHd; d += 2) {
+      const float* r0 = kt + static_cast<size_t>(d) * B;
+      lo0 += q[d] * LoadV8(r0);
+      hi0 += q[d] * LoadV8(r0 + 8);
+      lo1 += q[d + 1] * LoadV8(r0 + B);
+      hi1 += q[d + 1] * LoadV8(r0 + B + 8);
     }
+    V8 slo = (lo0 + lo1) * scale, shi = (hi0 + hi1) * scale;
+    if (blk == nblocks - 1) {
+      const V8 ninf = V8{} - INFINITY;
+      slo = lo_live ? slo : ninf;
+      shi = hi_live ? shi : ninf;
+    }
+    mxv = mxv > slo ? mxv : slo;
+    mxv = mxv > shi ? mxv : shi;
+    std::memcpy(scores + blk * B, &slo, sizeof(V8));
+    std::memcpy(scores + blk * B + 8, &shi, sizeof(V8));
   }
   const float mx = Hmax8(mxv);
-  const int n8 = (n + 7) / 8 * 8;
   V8 sumv = V8{};
-  for (int p = 0; p < n8; p += 8) {
+  for (int p = 0; p < nblocks * B; p += 8) {
     const V8 e = ExpNeg8(LoadV8(scores + p) - mx);
     sumv += e;
     std::memcpy(scores + p, &e, sizeof(V8));
   }
   const float inv = 1.0f / Hsum8(sumv);
-  // Weighted values; with one or two vectors per row, four chains over the keys.
-  constexpr int kChains = kNv <= 2 ? 4 : 1;
-  V8 acc[kChains][kNv];
-  for (int c = 0; c < kChains; ++c)
-    for (int j = 0; j < kNv; ++j) acc[c][j] = V8{};
-  for (int blk = 0; blk < nblocks; ++blk) {
-    const float* base = vb[blk];
-    const int cnt = std::min(B, n - blk * B);
-    const float* sc = scores + blk * B;
-    int i = 0;
-    for (; i + kChains <= cnt; i += kChains)
-      for (int c = 0; c < kChains; ++c) {
-        const float w = sc[i + c];
-        const float* v = base + static_cast<size_t>(i + c) * stride;
-        for (int j = 0; j < kNv; ++j) acc[c][j] += w * LoadV8(v + 8 * j);
+  // out[d] = sum_i p_i v_i[d]: 8 dims at a time, one accumulator per dim over
+  // the blocks' 16 slots, then a transposed reduction. Slots past the sequence
+  // hold stale data: their (zero) weights are not multiplied with it.
+  for (int d0 = 0; d0 < kHd; d0 += 8) {
+    V8 acc[8];
+    for (int j = 0; j < 8; ++j) acc[j] = V8{};
+    for (int blk = 0; blk < nblocks; ++blk) {
+      const V8 plo = LoadV8(scores + blk * B), phi = LoadV8(scores + blk * B + 8);
+      const float* vt = vb[blk] + static_cast<size_t>(d0) * B;
+      if (blk < nblocks - 1) {
+        for (int j = 0; j < 8; ++j)
+          acc[j] += plo * LoadV8(vt + j * B) + phi * LoadV8(vt + j * B + 8);
+      } else {
+        for (int j = 0; j < 8; ++j) {
+          const V8 vlo = LoadV8(vt + j * B), vhi = LoadV8(vt + j * B + 8);
+          acc[j] += (lo_live ? plo * vlo : V8{}) + (hi_live ? phi * vhi : V8{});
+        }
       }
-    for (; i < cnt; ++i) {
-      const float w = sc[i];
-      const float* v = base + static_cast<size_t>(i) * stride;
-      for (int j = 0; j < kNv; ++j) acc[0][j] += w * LoadV8(v + 8 * j);
     }
-  }
-  for (int j = 0; j < kNv; ++j) {
-    V8 o = acc[0][j];
-    if constexpr (kChains == 4) o = (o + acc[1][j]) + (acc[2][j] + acc[3][j]);
-    o *= inv;
-    std::memcpy(out + 8 * j, &o, sizeof(V8));
+    const V8 o = Hsum8x8(acc) * inv;
+    std::memcpy(out + d0, &o, sizeof(V8));
   }
 }
 
 // Attention of one query head over n cached positions. kb[i] / vb[i] point at the
-// head's key / value in block i; rows within a block are `stride` floats apart.
-// `scores` has room for n rounded up to a multiple of 8.
+// head's keys / values in block i, stored dim-major: element d of the key (value)
+// of slot s at kb[i][d * kBlockTokens + s]. `scores` has room for n rounded up to
+// a multiple of kBlockTokens.
 // Compiled for several ISAs; the loader picks one at startup (GCC target_clones).
-// Head dims of 8, 16, 32, 64, 128 use 8-wide vectors: scores of 8 keys at a time,
-// a vectorised exp, the output accumulated in registers; others take the scalar
-// loop.
+// Head dims of 8, 16, 32, 64, 128 use 8-wide vectors over a block's positions
+// (scores of 16 keys at once, a vectorised exp, the weighted values as 8 partial
+// sums per dim); others take the scalar loop.
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void AttendHead(const float* q, int hd, const float* const* kb, const float* const* vb, int stride,
-                int n, float scale, float* scores, float* out) {
+void AttendHead(const float* q, int hd, const float* const* kb, const float* const* vb, int n,
+                float scale, float* scores, float* out) {
   switch (hd) {
-    case 8: return AttendVec<1>(q, kb, vb, stride, n, scale, scores, out);
-    case 16: return AttendVec<2>(q, kb, vb, stride, n, scale, scores, out);
-    case 32: return AttendVec<4>(q, kb, vb, stride, n, scale, scores, out);
-    case 64: return AttendVec<8>(q, kb, vb, stride, n, scale, scores, out);
-    case 128: return AttendVec<16>(q, kb, vb, stride, n, scale, scores, out);
+    case 8: return AttendVec<1>(q, kb, vb, n, scale, scores, out);
+    case 16: return AttendVec<2>(q, kb, vb, n, scale, scores, out);
+    case 32: return AttendVec<4>(q, kb, vb, n, scale, scores, out);
+    case 64: return AttendVec<8>(q, kb, vb, n, scale, scores, out);
+    case 128: return AttendVec<16>(q, kb, vb, n, scale, scores, out);
     default: break;
   }
   constexpr int B = KvCache::kBlockTokens;
@@ -196,9 +188,8 @@ void AttendHead(const float* q, int hd, const float* const* kb, const float* con
     const int cnt = std::min(B, n - blk * B);
     float* sc = scores + blk * B;
     for (int i = 0; i < cnt; ++i) {
-      const float* k = base + static_cast<size_t>(i) * stride;
       float s = 0.f;
-      for (int d = 0; d < hd; ++d) s += q[d] * k[d];
+      for (int d = 0; d < hd; ++d) s += q[d] * base[static_cast<size_t>(d) * B + i];
       sc[i] = s * scale;
       mx = std::max(mx, sc[i]);
     }
@@ -216,8 +207,7 @@ void AttendHead(const float* q, int hd, const float* const* kb, const float* con
     const float* sc = scores + blk * B;
     for (int i = 0; i < cnt; ++i) {
       const float w = sc[i] * inv;
-      const float* v = base + static_cast<size_t>(i) * stride;
-      for (int d = 0; d < hd; ++d) out[d] += w * v[d];
+      for (int d = 0; d < hd; ++d) out[d] += w * base[static_cast<size_t>(d) * B + i];
     }
   }
 }
@@ -360,8 +350,13 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
         for (int h = 0; h < c.n_kv_heads; ++h)
           Rope(k_.data() + t * kvd + h * hd, hd, c.rope_style, cs, sn);
         const KvSequence& seq = *batch[chunk_of_[t]].kv;
-        std::copy_n(k_.data() + t * kvd, kvd, cache->Key(seq, cache_layer, pos_[t]));
-        std::copy_n(v_.data() + t * kvd, kvd, cache->Value(seq, cache_layer, pos_[t]));
+        // Keys and values are stored dim-major: elements kBlockTokens floats apart.
+        float* key = cache->Key(seq, cache_layer, pos_[t]);
+        float* value = cache->Value(seq, cache_layer, pos_[t]);
+        for (int i = 0; i < kvd; ++i) {
+          key[static_cast<size_t>(i) * KvCache::kBlockTokens] = k_[t * kvd + i];
+          value[static_cast<size_t>(i) * KvCache::kBlockTokens] = v_[t * kvd + i];
+        }
       }
     });
     // Causal attention: token t attends to positions [0, pos_t] of its sequence.
@@ -381,12 +376,12 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
         kb.resize(nblocks);
         vb.resize(nblocks);
         for (int blk = 0; blk < nblocks; ++blk) {
-          kb[blk] = cache->BlockKeys(seq, cache_layer, blk) + kvh * hd;
-          vb[blk] = cache->BlockValues(seq, cache_layer, blk) + kvh * hd;
+          kb[blk] = cache->BlockKeys(seq, cache_layer, blk) + kvh * hd * KvCache::kBlockTokens;
+          vb[blk] = cache->BlockValues(seq, cache_layer, blk) + kvh * hd * KvCache::kBlockTokens;
         }
-        scores.resize((n + 7) / 8 * 8);
-        AttendHead(q_.data() + static_cast<size_t>(t) * qd + h * hd, hd, kb.data(), vb.data(), kvd,
-                   n, att_scale, scores.data(), att_.data() + static_cast<size_t>(t) * qd + h * hd);
+        scores.resize(static_cast<size_t>(nblocks) * KvCache::kBlockTokens);
+        AttendHead(q_.data() + static_cast<size_t>(t) * qd + h * hd, hd, kb.data(), vb.data(), n,
+                   att_scale, scores.data(), att_.data() + static_cast<size_t>(t) * qd + h * hd);
       }
     });
     if (observer) observer->OnLinearInput(l, Module::kO, att_.data(), T, qd);
