@@ -133,7 +133,9 @@ grpc::Status InferenceServiceImpl::Done(const char* method, grpc::Status s) {
 grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* ctx,
                                             const eora::v1::GenerateRequest* req,
                                             eora::v1::GenerateResponse* resp) {
-  auto state = core_->StartGenerate(FromProto(*req), DeadlineOf(ctx));
+  GenerateParams params = FromProto(*req);
+  params.notify_every = 0;  // one response: wake the handler only when finished
+  auto state = core_->StartGenerate(params, DeadlineOf(ctx));
   if (!state.ok()) return Done("Generate", ToGrpcStatus(state.status()));
   GenerateUpdate u;
   for (;;) {
@@ -155,7 +157,9 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* ctx,
 grpc::Status InferenceServiceImpl::GenerateStream(
     grpc::ServerContext* ctx, const eora::v1::GenerateRequest* req,
     grpc::ServerWriter<eora::v1::GenerateResponse>* writer) {
-  auto state = core_->StartGenerate(FromProto(*req), DeadlineOf(ctx));
+  GenerateParams params = FromProto(*req);
+  params.notify_every = core_->stream_interval();
+  auto state = core_->StartGenerate(params, DeadlineOf(ctx));
   if (!state.ok()) return Done("GenerateStream", ToGrpcStatus(state.status()));
   GenerateUpdate u;
   bool write_failed = false;

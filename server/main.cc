@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
   args.Flag("max-step-tokens", "N", "512", "token budget of one step (decode + prefill chunks)");
   args.Flag("kv-cache-tokens", "N", "0", "KV cache positions in total; 0 = max-running x context");
   args.Flag("default-max-new-tokens", "N", "128", "max_new_tokens when a request leaves it 0");
+  args.Flag("stream-interval", "N", "1", "GenerateStream: one message per N tokens (the first token at once), like vLLM's --stream-interval");
   args.Flag("device-cache-mb", "MB", "256", "byte budget of the DEVICE adapter tier (RAM on CPU), MiB");
   args.Flag("host-cache-mb", "MB", "1024", "byte budget of the HOST adapter tier, MiB");
   args.Flag("adapter-load-timeout-s", "S", "30", "how long a request waits for its adapter to load");
@@ -81,12 +82,14 @@ int main(int argc, char** argv) {
     std::fputs(args.Help().c_str(), stdout);
     return 0;
   }
-  int64_t threads, max_running, max_queue, step_tokens, kv_tokens, def_new, dev_mb, host_mb;
+  int64_t threads, max_running, max_queue, step_tokens, kv_tokens, def_new, dev_mb, host_mb,
+      stream_interval;
   double load_timeout, grace;
   if (!args.Int("threads", &threads, &err) || !args.Int("max-running", &max_running, &err) ||
       !args.Int("max-queue", &max_queue, &err) || !args.Int("max-step-tokens", &step_tokens, &err) ||
       !args.Int("kv-cache-tokens", &kv_tokens, &err) ||
       !args.Int("default-max-new-tokens", &def_new, &err) ||
+      !args.Int("stream-interval", &stream_interval, &err) ||
       !args.Int("device-cache-mb", &dev_mb, &err) || !args.Int("host-cache-mb", &host_mb, &err) ||
       !args.Float("adapter-load-timeout-s", &load_timeout, &err) ||
       !args.Float("grace-period-s", &grace, &err))
@@ -95,7 +98,8 @@ int main(int argc, char** argv) {
   if (!args.Has("adapter-store")) return Usage("--adapter-store is required");
   if (threads < 1) return Usage("--threads must be >= 1");
   if (max_running < 1 || max_queue < 0 || step_tokens < 1 || kv_tokens < 0 || def_new < 1 ||
-      dev_mb < 1 || host_mb < 0 || load_timeout <= 0 || grace < 0)
+      dev_mb < 1 || host_mb < 0 || load_timeout <= 0 || grace < 0 || stream_interval < 1 ||
+      stream_interval > 4096)
     return Usage("a numeric flag is out of range (see --help)");
   std::string grpc_host, http_host;
   int grpc_port = 0, http_port = 0;
@@ -168,6 +172,7 @@ int main(int argc, char** argv) {
   copt.default_max_new_tokens = static_cast<int>(def_new);
   copt.model_path = args.Str("model");
   copt.compressed_path = args.Str("compressed");
+  copt.stream_interval = static_cast<int>(stream_interval);
   eora::server::ServingCore core(&model, tokenizer, &registry, &scheduler, copt);
 
   for (const auto& id : absl::StrSplit(args.Str("preload"), ',', absl::SkipEmpty())) {

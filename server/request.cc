@@ -6,25 +6,33 @@ namespace eora::server {
 
 bool RequestState::Poll(absl::Duration timeout, GenerateUpdate* out) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (!has_new_ && !(finished_ && !delivered_final_))
+  if (!ready_ && !(finished_ && !delivered_final_))
     cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
-                 [&] { return has_new_ || (finished_ && !delivered_final_); });
+                 [&] { return ready_ || (finished_ && !delivered_final_); });
   if (!has_new_ && !(finished_ && !delivered_final_)) return false;
   *out = std::move(pending_);
   pending_ = GenerateUpdate{};
   has_new_ = false;
+  ready_ = false;
   if (finished_) delivered_final_ = true;
   return true;
 }
 
 void RequestState::Push(const std::vector<int>& tokens, const std::string& text) {
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     pending_.tokens.insert(pending_.tokens.end(), tokens.begin(), tokens.end());
     pending_.text += text;
     has_new_ = true;
+    if (notify_every_ > 0 && !ready_ &&
+        (!woke_first_ || static_cast<int>(pending_.tokens.size()) >= notify_every_)) {
+      ready_ = true;
+      woke_first_ = true;
+      wake = true;
+    }
   }
-  cv_.notify_all();
+  if (wake) cv_.notify_all();
 }
 
 void RequestState::Finish(GenerateUpdate final_update) {
@@ -37,6 +45,7 @@ void RequestState::Finish(GenerateUpdate final_update) {
     final_update.finished = true;
     pending_ = std::move(final_update);
     has_new_ = true;
+    ready_ = true;
     finished_ = true;
   }
   cv_.notify_all();

@@ -33,6 +33,10 @@ struct GenerateParams {
   int64_t rank = 0;               // 0: adapter default
   double slo_ttft_ms = 0, slo_tpot_ms = 0, slo_max_perplexity = 0;
   int priority = 0;
+  // How often the consumer (the RPC handler) is woken for new output: every N
+  // tokens, the first token at once (streaming); 0: only when finished (unary).
+  // Not a proto field: the gRPC layer sets it per RPC.
+  int notify_every = 1;
 };
 
 // Server-side timings, milliseconds; negative = not reached.
@@ -59,13 +63,21 @@ struct GenerateUpdate {
 
 // The channel between one client handler and the scheduler.
 //
+// Waking the handler costs a futex wake and a context switch (tens of
+// microseconds on a busy machine, more than a decode step of a small model), so
+// Push wakes it only when `notify_every` tokens are pending (the first token at
+// once); 0 wakes it only for Finish. Poll still returns what is pending when its
+// timeout passes.
+//
 // Threading contract: Poll/Cancel from the handler thread, Push/Finish from the
 // scheduler thread; all methods are thread-safe.
 class RequestState {
  public:
-  // Waits up to `timeout` for output; moves what arrived since the last call
-  // into *out (replacing its contents). Returns true if there was anything new
-  // or the request finished.
+  explicit RequestState(int notify_every = 1) : notify_every_(notify_every) {}
+
+  // Waits up to `timeout` for output (see above); moves what arrived since the
+  // last call into *out (replacing its contents). Returns true if there was
+  // anything new or the request finished.
   bool Poll(absl::Duration timeout, GenerateUpdate* out);
   // Asks the scheduler to stop the request (client gone or deadline passed).
   void Cancel() { cancelled_.store(true); }
@@ -77,10 +89,13 @@ class RequestState {
   bool finished() const;
 
  private:
+  const int notify_every_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   GenerateUpdate pending_ ABSL_GUARDED_BY(mu_);
   bool has_new_ ABSL_GUARDED_BY(mu_) = false;
+  bool ready_ ABSL_GUARDED_BY(mu_) = false;        // enough pending to wake the handler
+  bool woke_first_ ABSL_GUARDED_BY(mu_) = false;   // the first token has been signalled
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   bool delivered_final_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> cancelled_{false};

@@ -84,7 +84,7 @@ int64_t Scheduler::BlocksFor(const Job& j) const {
 
 absl::StatusOr<std::shared_ptr<RequestState>> Scheduler::Submit(ScheduledRequest request) {
   auto job = std::make_unique<Job>();
-  job->state = std::make_shared<RequestState>();
+  job->state = std::make_shared<RequestState>(request.notify_every);
   job->prompt_len = static_cast<int>(request.gen.prompt.size());
   job->prev_token = request.gen.prompt.empty() ? -1 : request.gen.prompt.back();
   if (request.adapter) request.gen.adapter = request.adapter.adapter();

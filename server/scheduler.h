@@ -59,6 +59,7 @@ struct ScheduledRequest {
   absl::Time arrival = absl::Now();
   absl::Time deadline = absl::InfiniteFuture();
   double slo_ttft_ms = 0, slo_tpot_ms = 0;
+  int notify_every = 1;  // RequestState wake-ups (see request.h)
 };
 
 struct SchedulerStats {

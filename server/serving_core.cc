@@ -1,5 +1,6 @@
 #include "server/serving_core.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -74,6 +75,7 @@ absl::StatusOr<std::shared_ptr<RequestState>> ServingCore::StartGenerate(
   req.stop = p.stop;
   req.slo_ttft_ms = p.slo_ttft_ms;
   req.slo_tpot_ms = p.slo_tpot_ms;
+  req.notify_every = std::max(0, p.notify_every);
   GenerationRequest& g = req.gen;
   if (!p.prompt_ids.empty()) {
     g.prompt.assign(p.prompt_ids.begin(), p.prompt_ids.end());

@@ -29,6 +29,10 @@ struct ServingCoreOptions {
   int max_new_tokens_limit = 4096;
   std::string model_path;       // for ModelInfo
   std::string compressed_path;  // for ModelInfo
+  // GenerateStream sends one message per this many tokens (the first token at
+  // once, the rest of the output with the final message), like vLLM's
+  // --stream-interval. Default 1: every token.
+  int stream_interval = 1;
 };
 
 struct ModelSummary {
@@ -53,6 +57,7 @@ class ServingCore {
   absl::Status Tokenize(const std::string& text, bool skip_bos, std::vector<int>* ids,
                         std::vector<std::string>* pieces) const;
   ModelSummary Summary() const;
+  int stream_interval() const { return options_.stream_interval; }
 
   AdapterRegistry* registry() { return registry_; }
   Scheduler* scheduler() { return scheduler_; }
