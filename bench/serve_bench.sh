@@ -36,23 +36,28 @@ for _ in $(seq 1 200); do
 done
 [ -n "$port" ] || { echo "server did not start:"; cat "$tmp/server.log"; exit 1; }
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); server --threads $threads; $requests requests x $max_new tokens"
-echo "| RPC | streams | output tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | load avg |"
-echo "|---|---:|---:|---|---|---|"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime + stime, clock ticks
+hz=$(getconf CLK_TCK)
+echo "| RPC | streams | output tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | server CPU us/token | load avg |"
+echo "|---|---:|---:|---|---|---:|---|"
 for rep in $(seq 1 "$repeats"); do
   for rpc in $rpcs; do
     for s in $streams_list; do
       flag=; name=GenerateStream
       [ "$rpc" = unary ] && flag=--unary && name="Generate (unary)"
+      c0=$(cpu_ticks "$server_pid")
       "$build/bin/eora" bench-serve --target "127.0.0.1:$port" --streams "$s" --requests "$requests" \
         --max-new-tokens "$max_new" --ignore-eos $flag --json ${EXTRA_BENCH_FLAGS:-} >"$tmp/out.json"
+      c1=$(cpu_ticks "$server_pid")
       load=$(cut -d' ' -f1 /proc/loadavg)
-      /usr/bin/python3 - "$tmp/out.json" "$name" "$s" "$load" <<'PY'
+      /usr/bin/python3 - "$tmp/out.json" "$name" "$s" "$load" "$((c1 - c0))" "$hz" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
 err = sum(j["errors"].values()) if j["errors"] else 0
-print("| %s | %s | %.0f | %.2f / %.2f | %.3f / %.3f | %s |%s" % (
+cpu_us = int(sys.argv[5]) / int(sys.argv[6]) * 1e6 / max(1, j["output_tokens"])
+print("| %s | %s | %.0f | %.2f / %.2f | %.3f / %.3f | %.1f | %s |%s" % (
     sys.argv[2], sys.argv[3], j["output_tokens_per_s"], j["ttft_ms"]["p50"], j["ttft_ms"]["p99"],
-    j["tpot_ms"]["p50"], j["tpot_ms"]["p99"], sys.argv[4], " ERRORS %d" % err if err else ""))
+    j["tpot_ms"]["p50"], j["tpot_ms"]["p99"], cpu_us, sys.argv[4], " ERRORS %d" % err if err else ""))
 PY
     done
   done
