@@ -92,25 +92,24 @@ std::vector<int> CalibrationSet::fit_flat() const {
   return v;
 }
 
-absl::StatusOr<CalibrationSet> CalibrationFromText(const std::string& text, const Tokenizer& tok,
-                                                   const CalibrationOptions& o) {
-  if (absl::Status s = CheckOptions(o); !s.ok()) return s;
+namespace {
+
+std::vector<std::vector<int>> TextDocuments(const std::string& text, const Tokenizer& tok,
+                                            const std::string& separator) {
   std::vector<std::vector<int>> docs;
   std::string_view rest(text);
   while (true) {
-    const size_t cut = o.separator.empty() ? std::string_view::npos : rest.find(o.separator);
+    const size_t cut = separator.empty() ? std::string_view::npos : rest.find(separator);
     const std::string_view doc = Trim(rest.substr(0, cut));
     if (!doc.empty()) docs.push_back(tok.Encode(doc, /*add_bos=*/false));
     if (cut == std::string_view::npos) break;
-    rest.remove_prefix(cut + o.separator.size());
+    rest.remove_prefix(cut + separator.size());
   }
-  return Windows(docs, tok.bos_id(), o, "calibration text");
+  return docs;
 }
 
-absl::StatusOr<CalibrationSet> CalibrationFromTokenIds(const std::string& contents, int bos_id,
-                                                       int vocab_size,
-                                                       const CalibrationOptions& o) {
-  if (absl::Status s = CheckOptions(o); !s.ok()) return s;
+absl::StatusOr<std::vector<std::vector<int>>> TokenIdDocuments(const std::string& contents,
+                                                               int vocab_size) {
   std::vector<std::vector<int>> docs;
   size_t line_no = 0, pos = 0;
   while (pos <= contents.size()) {
@@ -136,7 +135,43 @@ absl::StatusOr<CalibrationSet> CalibrationFromTokenIds(const std::string& conten
     if (!doc.empty()) docs.push_back(std::move(doc));
     pos = end + 1;
   }
-  return Windows(docs, bos_id, o, "token file");
+  return docs;
+}
+
+// Tokens of the stream Windows() cuts: the documents joined by BOS.
+int64_t StreamTokens(const std::vector<std::vector<int>>& docs) {
+  int64_t n = 0, nonempty = 0;
+  for (const auto& d : docs)
+    if (!d.empty()) {
+      n += static_cast<int64_t>(d.size());
+      ++nonempty;
+    }
+  return n + (nonempty > 0 ? nonempty - 1 : 0);
+}
+
+}  // namespace
+
+absl::StatusOr<CalibrationSet> CalibrationFromText(const std::string& text, const Tokenizer& tok,
+                                                   const CalibrationOptions& o) {
+  if (absl::Status s = CheckOptions(o); !s.ok()) return s;
+  return Windows(TextDocuments(text, tok, o.separator), tok.bos_id(), o, "calibration text");
+}
+
+absl::StatusOr<CalibrationSet> CalibrationFromTokenIds(const std::string& contents, int bos_id,
+                                                       int vocab_size,
+                                                       const CalibrationOptions& o) {
+  if (absl::Status s = CheckOptions(o); !s.ok()) return s;
+  auto docs = TokenIdDocuments(contents, vocab_size);
+  if (!docs.ok()) return docs.status();
+  return Windows(*docs, bos_id, o, "token file");
+}
+
+absl::StatusOr<int64_t> CountCalibrationTokens(const std::string& contents, bool token_ids,
+                                               const Tokenizer& tok, const std::string& separator) {
+  if (!token_ids) return StreamTokens(TextDocuments(contents, tok, separator));
+  auto docs = TokenIdDocuments(contents, tok.vocab_size());
+  if (!docs.ok()) return docs.status();
+  return StreamTokens(*docs);
 }
 
 absl::StatusOr<CalibrationSet> LoadCalibration(const std::string& path, const Tokenizer& tok,

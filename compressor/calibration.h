@@ -49,6 +49,12 @@ absl::StatusOr<CalibrationSet> CalibrationFromText(const std::string& text, cons
 absl::StatusOr<CalibrationSet> CalibrationFromTokenIds(const std::string& contents, int bos_id,
                                                        int vocab_size,
                                                        const CalibrationOptions& options);
+// Tokens of the stream the sequences are cut from (documents joined by BOS), for
+// text (documents split on `separator`) or token-id contents; INVALID_ARGUMENT for
+// malformed ids or ids >= the tokenizer's vocabulary.
+absl::StatusOr<int64_t> CountCalibrationTokens(const std::string& contents, bool token_ids,
+                                               const Tokenizer& tok,
+                                               const std::string& separator = "<|endoftext|>");
 // Reads `path`: a token-id file if it ends in ".tokens", else text.
 absl::StatusOr<CalibrationSet> LoadCalibration(const std::string& path, const Tokenizer& tok,
                                                const CalibrationOptions& options);

@@ -71,6 +71,14 @@ absl::Status Annotate(const absl::Status& s, const std::string& where) {
   return absl::Status(s.code(), absl::StrCat(where, ": ", s.message()));
 }
 
+// CANCELLED when the caller asked to stop; checked at layer boundaries.
+absl::Status CheckCancel(const std::atomic<bool>* cancel, int layer, int n_layers) {
+  if (cancel != nullptr && cancel->load(std::memory_order_relaxed))
+    return absl::CancelledError(
+        absl::StrCat("cancelled after ", layer, " of ", n_layers, " layers"));
+  return absl::OkStatus();
+}
+
 class ProgressClock {
  public:
   ProgressClock(int n, const ProgressFn& fn) : n_(n), fn_(fn), t0_(Clock::now()) {}
@@ -277,6 +285,7 @@ absl::StatusOr<CompressResult> CompressModel(const ModelWeights& fp, const Calib
   ProgressClock clock(c.n_layers, progress);
   if (!need_calib) {
     for (int l = 0; l < c.n_layers; ++l) {
+      RETURN_IF_ERROR(CheckCancel(o.cancel, l, c.n_layers));
       for (int m = 0; m < kNumModules; ++m) {
         const Matrix& w = *fp.layers[l].linear[m];
         const std::vector<float> f = w.Dequantize();
@@ -293,6 +302,7 @@ absl::StatusOr<CompressResult> CompressModel(const ModelWeights& fp, const Calib
     std::vector<float> hidden(flat.size() * static_cast<size_t>(c.dim)), work;
     RETURN_IF_ERROR(model.Embed(flat, hidden.data()));
     for (int l = 0; l < c.n_layers; ++l) {
+      RETURN_IF_ERROR(CheckCancel(o.cancel, l, c.n_layers));
       LayerWeights lw = fp.layers[l];
       LayerFactors lf{};
       const LayerFactors* lfp = o.method == BaseMethod::kCaldera ? &lf : nullptr;
@@ -371,6 +381,7 @@ absl::StatusOr<FitResult> FitAdapter(const ModelWeights& fp, const ModelWeights&
   double solve_seconds = 0;
   ProgressClock clock(c.n_layers, progress);
   for (int l = 0; l < c.n_layers; ++l) {
+    RETURN_IF_ERROR(CheckCancel(o.cancel, l, c.n_layers));
     // Not yet processed modules run at full precision; processed ones as W_c + B A.
     LayerWeights lw = fp.layers[l];
     lw.attn_norm = compressed.layers[l].attn_norm;
@@ -422,6 +433,7 @@ absl::StatusOr<FitResult> FitAdapter(const ModelWeights& fp, const ModelWeights&
   res.solve_seconds = solve_seconds;
 
   // Rank -> quality profile on the held-out slice, plus the base and FP references.
+  RETURN_IF_ERROR(CheckCancel(o.cancel, c.n_layers, c.n_layers));
   const auto t1 = Clock::now();
   AdapterMetadata& meta = res.meta;
   meta.method = AdapterMethodName(o.method);

@@ -15,6 +15,7 @@
 // threads); they are not reentrant on one pool.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <map>
 #include <memory>
@@ -36,6 +37,10 @@ namespace eora::compress {
 // Progress of a long run: called after each layer with (layer done, 1-based; layers;
 // seconds elapsed; estimated seconds left).
 using ProgressFn = std::function<void(int layer, int n_layers, double elapsed, double eta)>;
+
+// Cancellation: when `cancel` (in the options below; not owned, may be null) reads
+// true, a pipeline stops at the next layer boundary (and FitAdapter also before
+// the quality profile) and returns CANCELLED; nothing it produced is returned.
 
 // ---- Base compression ----------------------------------------------------------
 
@@ -65,6 +70,7 @@ struct CompressOptions {
   int caldera_inner_iters = 3;
   // As FitOptions::sequential_groups.
   bool sequential_groups = true;
+  const std::atomic<bool>* cancel = nullptr;  // see "Cancellation" above
 };
 
 struct CompressResult {
@@ -102,6 +108,7 @@ struct FitOptions {
   // compensated (4 extra forward passes per layer); false: one pass per layer
   // collects all four inputs from the uncompensated layer.
   bool sequential_groups = true;
+  const std::atomic<bool>* cancel = nullptr;  // see "Cancellation" above
 };
 
 struct FitResult {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -161,6 +162,31 @@ TEST_F(Stories, Gptq3PlusEoraImprovesHeldOutPerplexity) {
   // EoRA beats plain SVD at the same rank.
   FitResult svd = Fit(AdapterMethod::kSvd, 8);
   EXPECT_LT(with, Nll(*gptq3_, svd.adapter.get(), 8));
+}
+
+TEST_F(Stories, CancelStopsAtTheNextLayerBoundary) {
+  std::atomic<bool> cancel{false};
+  std::vector<int> seen;
+  auto stop_after_two = [&](int layer, int, double, double) {
+    seen.push_back(layer);
+    if (layer == 2) cancel = true;
+  };
+  FitOptions o;
+  o.rank = 4;
+  o.cancel = &cancel;
+  auto fit = FitAdapter(**fp_, **gptq3_, *calib_, o, pool_, stop_after_two);
+  ASSERT_EQ(fit.status().code(), absl::StatusCode::kCancelled) << fit.status();
+  EXPECT_EQ(seen, (std::vector<int>{1, 2}));
+  EXPECT_NE(fit.status().message().find("after 2 of 5 layers"), std::string::npos);
+  seen.clear();
+  cancel = false;
+  CompressOptions co;
+  co.method = BaseMethod::kRtn;
+  co.bits = 4;
+  co.cancel = &cancel;
+  auto comp = CompressModel(**fp_, nullptr, co, pool_, stop_after_two);
+  EXPECT_EQ(comp.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(seen, (std::vector<int>{1, 2}));
 }
 
 TEST_F(Stories, TruncationGivesTheSmallerRankAdapter) {
