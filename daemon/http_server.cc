@@ -1,30 +1,25 @@
-#include "server/http_server.h"
+#include "daemon/http_server.h"
 
-#include "absl/strings/numbers.h"
+#include <sstream>
+
 #include "absl/strings/str_cat.h"
 #include "httplib.h"
+#include "prometheus/text_serializer.h"
 
-namespace eora::server {
+namespace eora::daemon {
 
-absl::Status ParseHostPort(const std::string& s, const char* flag, std::string* host, int* port) {
-  const size_t colon = s.rfind(':');
-  if (colon == std::string::npos || colon + 1 >= s.size())
-    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": expected HOST:PORT, got '", s, "'"));
-  std::string h = s.substr(0, colon);
-  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
-  int p = 0;
-  if (!absl::SimpleAtoi(absl::string_view(s.data() + colon + 1, s.size() - colon - 1), &p) ||
-      p < 0 || p > 65535)
-    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": bad port in '", s, "'"));
-  *host = h.empty() ? "0.0.0.0" : h;
-  *port = p;
-  return absl::OkStatus();
+std::string SerializeMetrics(const prometheus::Registry& registry) {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, registry.Collect());
+  return out.str();
 }
 
-HttpServer::HttpServer(ServerMetrics* metrics, std::function<bool()> ready)
-    : metrics_(metrics), ready_(std::move(ready)), server_(std::make_unique<httplib::Server>()) {
+HttpServer::HttpServer(std::shared_ptr<prometheus::Registry> registry, std::function<bool()> ready)
+    : registry_(std::move(registry)),
+      ready_(std::move(ready)),
+      server_(std::make_unique<httplib::Server>()) {
   server_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_->Serialize(), "text/plain; version=0.0.4; charset=utf-8");
+    res.set_content(SerializeMetrics(*registry_), "text/plain; version=0.0.4; charset=utf-8");
   });
   server_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
@@ -59,4 +54,4 @@ void HttpServer::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-}  // namespace eora::server
+}  // namespace eora::daemon

@@ -1,10 +1,11 @@
-// The HTTP side of the daemon (cpp-httplib, not prometheus-cpp's civetweb
-// exposer; see docs/TOOLCHAIN.md): GET /metrics (Prometheus text format),
-// /healthz (200 while the process serves), /readyz (200 when ready for traffic,
-// 503 while starting or draining).
+// The HTTP side of the daemons (eora-server, eora-compressor), on cpp-httplib,
+// not prometheus-cpp's civetweb exposer (see docs/TOOLCHAIN.md): GET /metrics
+// (Prometheus text format of a prometheus-cpp registry), /healthz (200 while the
+// process serves), /readyz (200 when ready for traffic, 503 while starting or
+// draining).
 //
 // Threading contract: Start/Stop from one thread; the readiness callback and
-// the metrics are called from httplib's worker threads.
+// the registry are used from httplib's worker threads.
 #pragma once
 
 #include <functional>
@@ -13,18 +14,21 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
-#include "server/metrics.h"
+#include "prometheus/registry.h"
 
 namespace httplib {
 class Server;
 }
 
-namespace eora::server {
+namespace eora::daemon {
+
+// Prometheus text exposition format of everything in `registry`.
+std::string SerializeMetrics(const prometheus::Registry& registry);
 
 class HttpServer {
  public:
-  // `metrics` not owned. `ready` says whether /readyz is 200.
-  HttpServer(ServerMetrics* metrics, std::function<bool()> ready);
+  // `registry` is shared; `ready` says whether /readyz is 200.
+  HttpServer(std::shared_ptr<prometheus::Registry> registry, std::function<bool()> ready);
   ~HttpServer();
 
   // Binds host:port (port 0 = any) and serves on a thread. Returns the bound port.
@@ -32,13 +36,10 @@ class HttpServer {
   void Stop();
 
  private:
-  ServerMetrics* metrics_;
+  std::shared_ptr<prometheus::Registry> registry_;
   std::function<bool()> ready_;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
 };
 
-// Splits "HOST:PORT" ("[::1]:80" for IPv6); INVALID_ARGUMENT naming `flag`.
-absl::Status ParseHostPort(const std::string& s, const char* flag, std::string* host, int* port);
-
-}  // namespace eora::server
+}  // namespace eora::daemon

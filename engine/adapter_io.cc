@@ -643,4 +643,20 @@ absl::StatusOr<std::shared_ptr<const LowRankAdapter>> LoadAdapterDir(const std::
   return adapter;
 }
 
+absl::Status ValidateAdapterId(const std::string& id, const char* field, size_t max_length) {
+  if (id.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": must not be empty"));
+  if (id.size() > max_length)
+    return absl::InvalidArgumentError(absl::StrCat(field, ": longer than ", max_length, " characters"));
+  if (id == "." || id == "..")
+    return absl::InvalidArgumentError(absl::StrCat(field, ": '", id, "' is not a plain name"));
+  for (char c : id) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok)
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ": must be a plain name of [A-Za-z0-9._-] (no path separators)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace eora

@@ -63,6 +63,11 @@ absl::StatusOr<std::shared_ptr<const LowRankAdapter>> LoadAdapterDir(const std::
                                                                      const std::string& name,
                                                                      AdapterMetadata* meta = nullptr);
 
+// Adapter ids (the names of an adapter store's directories, STORE/<id>/) are
+// plain names: [A-Za-z0-9._-], 1..max_length characters, not "." or "..", so no
+// id reaches a path outside the store. INVALID_ARGUMENT naming `field` otherwise.
+absl::Status ValidateAdapterId(const std::string& id, const char* field, size_t max_length = 128);
+
 // Reads only the metadata (cheap; for listings).
 absl::StatusOr<AdapterMetadata> ReadAdapterMetadata(const std::string& dir);
 

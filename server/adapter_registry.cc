@@ -79,20 +79,7 @@ AdapterRegistry::~AdapterRegistry() {
 }
 
 absl::Status AdapterRegistry::ValidateId(const std::string& id, const char* field) const {
-  if (id.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": must not be empty"));
-  if (id.size() > options_.max_id_length)
-    return absl::InvalidArgumentError(absl::StrCat(field, ": longer than ",
-                                                   options_.max_id_length, " characters"));
-  if (id == "." || id == "..")
-    return absl::InvalidArgumentError(absl::StrCat(field, ": '", id, "' is not a plain name"));
-  for (char c : id) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '.' || c == '_' || c == '-';
-    if (!ok)
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": must be a plain name of [A-Za-z0-9._-] (no path separators)"));
-  }
-  return absl::OkStatus();
+  return ValidateAdapterId(id, field, options_.max_id_length);
 }
 
 std::string AdapterRegistry::StorePath(const std::string& id) const {

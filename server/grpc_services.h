@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "daemon/daemon.h"
 #include "eora/v1/adapter.grpc.pb.h"
 #include "eora/v1/inference.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -16,9 +17,8 @@
 
 namespace eora::server {
 
-grpc::Status ToGrpcStatus(const absl::Status& s);
-// "OK", "NOT_FOUND", ... (gRPC code names, for metrics labels).
-const char* GrpcCodeName(grpc::StatusCode code);
+using daemon::GrpcCodeName;  // shared with eora-compressor (daemon/daemon.h)
+using daemon::ToGrpcStatus;
 
 class InferenceServiceImpl final : public eora::v1::InferenceService::Service {
  public:

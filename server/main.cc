@@ -20,12 +20,11 @@
 #include "engine/model.h"
 #include "engine/model_loader.h"
 #include "engine/thread_pool.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "daemon/daemon.h"
+#include "daemon/http_server.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "server/adapter_registry.h"
 #include "server/grpc_services.h"
-#include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/scheduler.h"
 #include "server/serving_core.h"
@@ -103,10 +102,10 @@ int main(int argc, char** argv) {
     return Usage("a numeric flag is out of range (see --help)");
   std::string grpc_host, http_host;
   int grpc_port = 0, http_port = 0;
-  if (auto s = eora::server::ParseHostPort(args.Str("listen"), "listen", &grpc_host, &grpc_port);
+  if (auto s = eora::daemon::ParseHostPort(args.Str("listen"), "listen", &grpc_host, &grpc_port);
       !s.ok())
     return Usage(std::string(s.message()));
-  if (auto s = eora::server::ParseHostPort(args.Str("http-listen"), "http-listen", &http_host,
+  if (auto s = eora::daemon::ParseHostPort(args.Str("http-listen"), "http-listen", &http_host,
                                            &http_port);
       !s.ok())
     return Usage(std::string(s.message()));
@@ -116,11 +115,7 @@ int main(int argc, char** argv) {
     return Usage("--adapter-store: '" + store + "' is not a directory");
 
   // Block the shutdown signals before any thread starts; main takes them with sigwait.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  eora::daemon::BlockShutdownSignals();
 
   Log("loading model " + args.Str("model"));
   auto weights = eora::LoadModel(args.Str("model"));
@@ -186,26 +181,18 @@ int main(int argc, char** argv) {
 
   eora::server::InferenceServiceImpl inference(&core, &metrics);
   eora::server::AdapterServiceImpl adapters(&registry, &metrics);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
   int bound_grpc = 0;
-  const std::string grpc_addr =
-      (grpc_host.find(':') != std::string::npos ? "[" + grpc_host + "]" : grpc_host) + ":" +
-      std::to_string(grpc_port);
-  builder.AddListeningPort(grpc_addr, grpc::InsecureServerCredentials(), &bound_grpc);
-  builder.RegisterService(&inference);
-  builder.RegisterService(&adapters);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || bound_grpc == 0) {
-    Log("cannot listen on " + grpc_addr);
+  auto started = eora::daemon::StartGrpcServer(grpc_host, grpc_port, {&inference, &adapters},
+                                               &bound_grpc);
+  if (!started.ok()) {
+    Log(std::string(started.status().message()));
     return 1;
   }
+  std::unique_ptr<grpc::Server> server = std::move(*started);
   auto* health = server->GetHealthCheckService();
-  health->SetServingStatus(true);
 
   std::atomic<bool> ready{true};
-  eora::server::HttpServer http(&metrics, [&] { return ready.load(); });
+  eora::daemon::HttpServer http(prom, [&] { return ready.load(); });
   auto http_bound = http.Start(http_host, http_port);
   if (!http_bound.ok()) {
     Log(http_bound.status().ToString());
@@ -220,9 +207,8 @@ int main(int argc, char** argv) {
   Log("HTTP listening on " + http_host + ":" + std::to_string(*http_bound) +
       " (/metrics /healthz /readyz)");
 
-  int sig = 0;
-  sigwait(&sigs, &sig);
-  Log(std::string("received ") + (sig == SIGTERM ? "SIGTERM" : "SIGINT") + ", draining (grace " +
+  const char* sig = eora::daemon::WaitForShutdownSignal();
+  Log(std::string("received ") + sig + ", draining (grace " +
       args.Str("grace-period-s") + " s)");
   ready = false;
   health->SetServingStatus(false);

@@ -100,15 +100,7 @@ std::vector<int> OfflineGreedy(const std::string& prompt, const std::string& ada
   return (*res)[0].tokens;
 }
 
-ServerProcess::~ServerProcess() {
-  if (pid_ > 0) {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
-}
-
 bool ServerProcess::Start(const std::string& store, const std::vector<std::string>& extra) {
-  log_path_ = store + "/../server.log";
   std::vector<std::string> args = {EORA_SERVER_BIN,
                                    "--model",
                                    eora::testing::Stories260kPath(),
@@ -121,60 +113,10 @@ bool ServerProcess::Start(const std::string& store, const std::vector<std::strin
                                    "--threads",
                                    "1"};
   args.insert(args.end(), extra.begin(), extra.end());
-  pid_ = fork();
-  if (pid_ < 0) return false;
-  if (pid_ == 0) {
-    FILE* f = std::freopen(log_path_.c_str(), "w", stderr);
-    (void)f;
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  const std::regex grpc_re("gRPC listening on [^ ]*:([0-9]+)");
-  const std::regex http_re("HTTP listening on [^ ]*:([0-9]+)");
-  for (int i = 0; i < 600; ++i) {
-    std::string log = Log();
-    std::smatch g, h;
-    if (std::regex_search(log, g, grpc_re) && std::regex_search(log, h, http_re)) {
-      grpc_port_ = std::stoi(g[1]);
-      http_port_ = std::stoi(h[1]);
-      return true;
-    }
-    int status;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      return false;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return false;
+  return process_.Start(args, store + "/../server.log");
 }
 
-std::string ServerProcess::Log() const {
-  std::ifstream in(log_path_);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void ServerProcess::SendSigterm() {
-  if (pid_ > 0) kill(pid_, SIGTERM);
-}
-
-int ServerProcess::Wait(int timeout_s) {
-  if (pid_ <= 0) return -1;
-  for (int i = 0; i < timeout_s * 50; ++i) {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return -2;  // still running
-}
+void ServerProcess::SendSigterm() { process_.Signal(SIGTERM); }
 
 int ServerProcess::Terminate(int timeout_s) {
   SendSigterm();

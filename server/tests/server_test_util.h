@@ -3,8 +3,6 @@
 // and a real eora-server child process.
 #pragma once
 
-#include <sys/types.h>
-
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +12,7 @@
 #include "engine/model.h"
 #include "engine/model_weights.h"
 #include "engine/thread_pool.h"
+#include "tests/daemon_process.h"
 
 namespace eora::server::testing {
 
@@ -37,24 +36,22 @@ void WriteForeignAdapter(const std::string& dir);
 std::vector<int> OfflineGreedy(const std::string& prompt, const std::string& adapter_dir, int rank,
                                int max_new_tokens);
 
-// A running eora-server child. Start() waits for the "gRPC listening on" log line.
+// A running eora-server child (tests/daemon_process.h). Start() waits for the
+// "gRPC listening on" log line.
 class ServerProcess {
  public:
-  ~ServerProcess();
   // Extra flags are appended to --model/--adapter-store/--listen/--http-listen.
   bool Start(const std::string& store, const std::vector<std::string>& extra_flags = {});
   // SIGTERM and wait; returns the exit status (or -1 if killed by a signal).
   int Terminate(int timeout_s = 60);
   void SendSigterm();
-  int Wait(int timeout_s);
-  std::string grpc_target() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
-  int http_port() const { return http_port_; }
-  std::string Log() const;
+  int Wait(int timeout_s) { return process_.Wait(timeout_s); }
+  std::string grpc_target() const { return process_.grpc_target(); }
+  int http_port() const { return process_.http_port(); }
+  std::string Log() const { return process_.Log(); }
 
  private:
-  pid_t pid_ = -1;
-  int grpc_port_ = 0, http_port_ = 0;
-  std::string log_path_;
+  eora::testing::DaemonProcess process_;
 };
 
 // Runs a shell command, returns its exit status and stdout.
