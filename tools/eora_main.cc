@@ -6,6 +6,8 @@
 //   eora compress    model -> compressed base model directory
 //   eora fit-adapter FP model + compressed base -> low-rank adapter (EoRA, SVD, ...)
 //   eora bench-serve load generator for eora-server (when built with gRPC)
+//   eora upload-calib / create-job / watch-job / list-jobs / cancel-job
+//                    clients of eora-compressor (when built with gRPC)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -27,6 +29,13 @@ void Usage(FILE* out) {
 #endif
 #ifdef EORA_HAVE_BENCH_SERVE
                "  bench-serve load-test an eora-server (throughput, TTFT/TPOT percentiles)\n"
+#endif
+#ifdef EORA_HAVE_COMPRESSOR_CLIENT
+               "  upload-calib  upload a calibration set to eora-compressor\n"
+               "  create-job    create an adapter job on eora-compressor (--watch to follow it)\n"
+               "  watch-job     follow an eora-compressor job to the end\n"
+               "  list-jobs     list eora-compressor jobs\n"
+               "  cancel-job    cancel an eora-compressor job\n"
 #endif
                "\n"
                "Run 'eora <command> --help' for the flags of a command.\n");
@@ -53,6 +62,13 @@ int main(int argc, char** argv) {
 #endif
 #ifdef EORA_HAVE_BENCH_SERVE
   if (cmd == "bench-serve") return eora::cli::RunBenchServe(argc, argv);
+#endif
+#ifdef EORA_HAVE_COMPRESSOR_CLIENT
+  if (cmd == "upload-calib") return eora::cli::RunUploadCalib(argc, argv);
+  if (cmd == "create-job") return eora::cli::RunCreateJob(argc, argv);
+  if (cmd == "watch-job") return eora::cli::RunWatchJob(argc, argv);
+  if (cmd == "list-jobs") return eora::cli::RunListJobs(argc, argv);
+  if (cmd == "cancel-job") return eora::cli::RunCancelJob(argc, argv);
 #endif
   std::fprintf(stderr, "eora: unknown command '%s'\n\n", cmd.c_str());
   Usage(stderr);
