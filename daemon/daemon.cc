@@ -25,6 +25,17 @@ absl::Status ParseHostPort(const std::string& s, const char* flag, std::string* 
   return absl::OkStatus();
 }
 
+absl::StatusOr<ListenAddresses> ParseListenFlags(const std::string& listen,
+                                                 const std::string& http_listen) {
+  ListenAddresses a;
+  if (absl::Status s = ParseHostPort(listen, "listen", &a.grpc_host, &a.grpc_port); !s.ok())
+    return s;
+  if (absl::Status s = ParseHostPort(http_listen, "http-listen", &a.http_host, &a.http_port);
+      !s.ok())
+    return s;
+  return a;
+}
+
 std::string JoinHostPort(const std::string& host, int port) {
   return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
          std::to_string(port);

@@ -20,6 +20,15 @@ namespace eora::daemon {
 // Splits "HOST:PORT" ("[::1]:80" for IPv6; empty host = 0.0.0.0); INVALID_ARGUMENT
 // naming `flag`.
 absl::Status ParseHostPort(const std::string& s, const char* flag, std::string* host, int* port);
+// The two addresses of a daemon: --listen (gRPC) and --http-listen.
+struct ListenAddresses {
+  std::string grpc_host;
+  int grpc_port = 0;
+  std::string http_host;
+  int http_port = 0;
+};
+absl::StatusOr<ListenAddresses> ParseListenFlags(const std::string& listen,
+                                                 const std::string& http_listen);
 // "host:port", with brackets around IPv6 hosts.
 std::string JoinHostPort(const std::string& host, int port);
 

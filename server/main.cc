@@ -100,15 +100,11 @@ int main(int argc, char** argv) {
       dev_mb < 1 || host_mb < 0 || load_timeout <= 0 || grace < 0 || stream_interval < 1 ||
       stream_interval > 4096)
     return Usage("a numeric flag is out of range (see --help)");
-  std::string grpc_host, http_host;
-  int grpc_port = 0, http_port = 0;
-  if (auto s = eora::daemon::ParseHostPort(args.Str("listen"), "listen", &grpc_host, &grpc_port);
-      !s.ok())
-    return Usage(std::string(s.message()));
-  if (auto s = eora::daemon::ParseHostPort(args.Str("http-listen"), "http-listen", &http_host,
-                                           &http_port);
-      !s.ok())
-    return Usage(std::string(s.message()));
+  auto listen = eora::daemon::ParseListenFlags(args.Str("listen"), args.Str("http-listen"));
+  if (!listen.ok()) return Usage(std::string(listen.status().message()));
+  const std::string& grpc_host = listen->grpc_host;
+  const std::string& http_host = listen->http_host;
+  const int grpc_port = listen->grpc_port, http_port = listen->http_port;
   std::error_code ec;
   const std::string store = args.Str("adapter-store");
   if (!std::filesystem::is_directory(store, ec))

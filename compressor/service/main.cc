@@ -95,15 +95,11 @@ int main(int argc, char** argv) {
   if (workers < 1 || max_queue < 0 || threads < 1 || upload_mb < 1 || delay_ms < 0 ||
       publish_timeout <= 0 || grace < 0)
     return Usage("a numeric flag is out of range (see --help)");
-  std::string grpc_host, http_host;
-  int grpc_port = 0, http_port = 0;
-  if (auto s = eora::daemon::ParseHostPort(args.Str("listen"), "listen", &grpc_host, &grpc_port);
-      !s.ok())
-    return Usage(std::string(s.message()));
-  if (auto s = eora::daemon::ParseHostPort(args.Str("http-listen"), "http-listen", &http_host,
-                                           &http_port);
-      !s.ok())
-    return Usage(std::string(s.message()));
+  auto listen = eora::daemon::ParseListenFlags(args.Str("listen"), args.Str("http-listen"));
+  if (!listen.ok()) return Usage(std::string(listen.status().message()));
+  const std::string& grpc_host = listen->grpc_host;
+  const std::string& http_host = listen->http_host;
+  const int grpc_port = listen->grpc_port, http_port = listen->http_port;
 
   svc::CoreOptions opt;
   opt.adapter_store = args.Str("store");
