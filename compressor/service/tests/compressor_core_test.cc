@@ -232,6 +232,34 @@ TEST_F(CoreTest, CancelStopsARunningJobAtALayerBoundaryAndAQueuedOneAtOnce) {
   EXPECT_TRUE(core_->DeleteCalibrationSet(up->record.id).ok());
 }
 
+TEST_F(CoreTest, DrainFailsTheRunningJobAndTheNextStartRunsTheQueuedOne) {
+  StartCore(/*delay_ms=*/300);
+  auto up = core_->UploadCalibration("ts", CalibrationKind::kText, text_.substr(0, 30000), "");
+  ASSERT_TRUE(up.ok());
+  auto j1 = core_->CreateJob(Spec(up->record.id, "first"));
+  auto j2 = core_->CreateJob(Spec(up->record.id, "second"));
+  ASSERT_TRUE(j1.ok() && j2.ok());
+  uint64_t seen = 0;
+  for (int i = 0; i < 200; ++i)
+    if (core_->WaitForJob(j1->id, &seen, absl::Milliseconds(100))->progress.layer >= 1) break;
+  core_->Drain(absl::ZeroDuration());  // SIGTERM with no grace
+  EXPECT_EQ(core_->CreateJob(Spec(up->record.id, "third")).status().code(),
+            absl::StatusCode::kUnavailable);
+  const JobRecord d1 = *core_->GetJob(j1->id);
+  EXPECT_EQ(d1.state, JobState::kFailed);
+  EXPECT_NE(d1.error.find("shut down"), std::string::npos) << d1.error;
+  EXPECT_EQ(core_->GetJob(j2->id)->state, JobState::kQueued);
+  EXPECT_FALSE(fs::exists(dir_ + "/store/first"));
+  // The next process resumes the queued job.
+  core_.reset();
+  store_.reset();
+  StartCore();
+  const JobRecord d2 = WaitDone(j2->id);
+  EXPECT_EQ(d2.state, JobState::kSucceeded) << d2.error;
+  EXPECT_TRUE(fs::exists(dir_ + "/store/second/adapter_config.json"));
+  EXPECT_EQ(core_->GetJob(j1->id)->state, JobState::kFailed);
+}
+
 TEST_F(CoreTest, StartupFailsAJobLeftRunningAndRemovesItsPartialAdapter) {
   {
     auto s = SqliteJobStore::Open(dir_ + "/jobs.db");
