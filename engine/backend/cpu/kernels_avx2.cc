@@ -225,6 +225,14 @@ void DenseGemmTile(const void* w, int cols, int r, const float* x, int ldx, floa
       _mm_storel_pi(reinterpret_cast<__m64*>(y + static_cast<size_t>(j) * ldy + r), s);
       _mm_storeh_pi(reinterpret_cast<__m64*>(y + static_cast<size_t>(j + 1) * ldy + r), s);
     }
+  } else if constexpr (kR * kT % 4 == 0) {
+    // Four sums per Hsum4 through a small buffer.
+    alignas(16) float sums[kR * kT];
+    EORA_UNROLL for (int g = 0; g < kR * kT; g += 4)
+      _mm_store_ps(sums + g, Hsum4(acc[g % kR][g / kR], acc[(g + 1) % kR][(g + 1) / kR],
+                                   acc[(g + 2) % kR][(g + 2) / kR], acc[(g + 3) % kR][(g + 3) / kR]));
+    EORA_UNROLL for (int j = 0; j < kT; ++j)
+      EORA_UNROLL for (int i = 0; i < kR; ++i) y[static_cast<size_t>(j) * ldy + r + i] = sums[j * kR + i];
   } else {
     EORA_UNROLL for (int j = 0; j < kT; ++j)
       EORA_UNROLL for (int i = 0; i < kR; ++i) y[static_cast<size_t>(j) * ldy + r + i] = Hsum(acc[i][j]);
@@ -271,6 +279,8 @@ void DenseGemm(const void* w, int cols, int r0, int r1, const float* x, int n, i
     return;
   }
   int r = r0;
+  // 3 x 4 tiles: 12 accumulators (3 FMA chains per load of x), then 2 x 4.
+  for (; r + 3 <= r1; r += 3) DenseGemmRows<kType, 3>(w, cols, r, x, n, ldx, y, ldy);
   for (; r + 2 <= r1; r += 2) DenseGemmRows<kType, 2>(w, cols, r, x, n, ldx, y, ldy);
   if (r < r1) DenseGemmRows<kType, 1>(w, cols, r, x, n, ldx, y, ldy);
 }
