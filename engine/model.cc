@@ -93,93 +93,9 @@ __attribute__((always_inline)) inline V8 ExpNeg8(V8 x) {
   return (V8)bits;
 }
 
-// The vector path of AttendHead for head_dim = 8 * kNv (see below).
-template <int kNv>
-__attribute__((always_inline)) inline void AttendVec(const float* q, const float* const* kb,
-                                                     const float* const* vb, int n, float scale,
-                                                     float* scores, float* out) {
-  constexpr int B = KvCache::kBlockTokens;
-  static_assert(B == 16);
-  constexpr int kHd = 8 * kNv;
-  const int nblocks = (n + B - 1) / B;
-  const int last = n - (nblocks - 1) * B;  // positions in the last block, 1..16
-  const I8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
-  const I8 lo_live = lane < last, hi_live = lane + 8 < last;
-  // Scores of a block's 16 keys at once, two chains per half block; slots past
-  // the sequence get -inf (exp gives 0).
-  V8 mxv = V8{} - INFINITY;
-  for (int blk = 0; blk < nblocks; ++blk) {
-    const float* kt = kb[blk];
-    V8 lo0 = V8{}, lo1 = V8{}, hi0 = V8{}, hi1 = V8{};
-    for (int d = 0; d < kHd; d += 2) {
-      const float* r0 = kt + static_cast<size_t>(d) * B;
-      lo0 += q[d] * LoadV8(r0);
-      hi0 += q[d] * LoadV8(r0 + 8);
-      lo1 += q[d + 1] * LoadV8(r0 + B);
-      hi1 += q[d + 1] * LoadV8(r0 + B + 8);
-    }
-    V8 slo = (lo0 + lo1) * scale, shi = (hi0 + hi1) * scale;
-    if (blk == nblocks - 1) {
-      const V8 ninf = V8{} - INFINITY;
-      slo = lo_live ? slo : ninf;
-      shi = hi_live ? shi : ninf;
-    }
-    mxv = mxv > slo ? mxv : slo;
-    mxv = mxv > shi ? mxv : shi;
-    std::memcpy(scores + blk * B, &slo, sizeof(V8));
-    std::memcpy(scores + blk * B + 8, &shi, sizeof(V8));
-  }
-  const float mx = Hmax8(mxv);
-  V8 sumv = V8{};
-  for (int p = 0; p < nblocks * B; p += 8) {
-    const V8 e = ExpNeg8(LoadV8(scores + p) - mx);
-    sumv += e;
-    std::memcpy(scores + p, &e, sizeof(V8));
-  }
-  const float inv = 1.0f / Hsum8(sumv);
-  // out[d] = sum_i p_i v_i[d]: 8 dims at a time, one accumulator per dim over
-  // the blocks' 16 slots, then a transposed reduction. Slots past the sequence
-  // hold stale data: their (zero) weights are not multiplied with it.
-  for (int d0 = 0; d0 < kHd; d0 += 8) {
-    V8 acc[8];
-    for (int j = 0; j < 8; ++j) acc[j] = V8{};
-    for (int blk = 0; blk < nblocks; ++blk) {
-      const V8 plo = LoadV8(scores + blk * B), phi = LoadV8(scores + blk * B + 8);
-      const float* vt = vb[blk] + static_cast<size_t>(d0) * B;
-      if (blk < nblocks - 1) {
-        for (int j = 0; j < 8; ++j)
-          acc[j] += plo * LoadV8(vt + j * B) + phi * LoadV8(vt + j * B + 8);
-      } else {
-        for (int j = 0; j < 8; ++j) {
-          const V8 vlo = LoadV8(vt + j * B), vhi = LoadV8(vt + j * B + 8);
-          acc[j] += (lo_live ? plo * vlo : V8{}) + (hi_live ? phi * vhi : V8{});
-        }
-      }
-    }
-    const V8 o = Hsum8x8(acc) * inv;
-    std::memcpy(out + d0, &o, sizeof(V8));
-  }
-}
-
-// Attention of one query head over n cached positions. kb[i] / vb[i] point at the
-// head's keys / values in block i, stored dim-major: element d of the key (value)
-// of slot s at kb[i][d * kBlockTokens + s]. `scores` has room for n rounded up to
-// a multiple of kBlockTokens.
-// Compiled for several ISAs; the loader picks one at startup (GCC target_clones).
-// Head dims of 8, 16, 32, 64, 128 use 8-wide vectors over a block's positions
-// (scores of 16 keys at once, a vectorised exp, the weighted values as 8 partial
-// sums per dim); others take the scalar loop.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void AttendHead(const float* q, int hd, const float* const* kb, const float* const* vb, int n,
-                float scale, float* scores, float* out) {
-  switch (hd) {
-    case 8: return AttendVec<1>(q, kb, vb, n, scale, scores, out);
-    case 16: return AttendVec<2>(q, kb, vb, n, scale, scores, out);
-    case 32: return AttendVec<4>(q, kb, vb, n, scale, scores, out);
-    case 64: return AttendVec<8>(q, kb, vb, n, scale, scores, out);
-    case 128: return AttendVec<16>(q, kb, vb, n, scale, scores, out);
-    default: break;
-  }
+// The scalar path of AttendHeads: one head, any head_dim.
+void AttendHeadScalar(const float* q, int hd, const float* const* kb, const float* const* vb, int n,
+                      float scale, float* scores, float* out) {
   constexpr int B = KvCache::kBlockTokens;
   const int nblocks = (n + B - 1) / B;
   float mx = -INFINITY;
@@ -210,6 +126,139 @@ void AttendHead(const float* q, int hd, const float* const* kb, const float* con
       for (int d = 0; d < hd; ++d) out[d] += w * base[static_cast<size_t>(d) * B + i];
     }
   }
+}
+
+// The vector path of AttendHeads for head_dim = 8 * kNv and kG query heads per
+// KV head (see below).
+template <int kNv, int kG>
+__attribute__((always_inline)) inline void AttendVec(const float* q, const float* const* kb,
+                                                     const float* const* vb, int n, float scale,
+                                                     float* scores, float* out) {
+  constexpr int B = KvCache::kBlockTokens;
+  static_assert(B == 16 && 8 % kG == 0);
+  constexpr int kHd = 8 * kNv;
+  const int nblocks = (n + B - 1) / B;
+  const size_t stride = static_cast<size_t>(nblocks) * B;  // scores of one head
+  const int last = n - (nblocks - 1) * B;  // positions in the last block, 1..16
+  const I8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  const I8 lo_live = lane < last, hi_live = lane + 8 < last;
+  const V8 ninf = V8{} - INFINITY;
+  // Scores of a block's 16 keys for the kG heads at once (each key row is loaded
+  // once for all heads); slots past the sequence get -inf (exp gives 0).
+  V8 mxv[kG];
+  for (int g = 0; g < kG; ++g) mxv[g] = ninf;
+  for (int blk = 0; blk < nblocks; ++blk) {
+    const float* kt = kb[blk];
+    V8 slo[kG], shi[kG];
+    if constexpr (kG == 1) {
+      // Two chains per half block.
+      V8 lo0 = V8{}, lo1 = V8{}, hi0 = V8{}, hi1 = V8{};
+      for (int d = 0; d < kHd; d += 2) {
+        const float* r0 = kt + static_cast<size_t>(d) * B;
+        lo0 += q[d] * LoadV8(r0);
+        hi0 += q[d] * LoadV8(r0 + 8);
+        lo1 += q[d + 1] * LoadV8(r0 + B);
+        hi1 += q[d + 1] * LoadV8(r0 + B + 8);
+      }
+      slo[0] = lo0 + lo1;
+      shi[0] = hi0 + hi1;
+    } else {
+      for (int g = 0; g < kG; ++g) slo[g] = shi[g] = V8{};
+      for (int d = 0; d < kHd; ++d) {
+        const V8 klo = LoadV8(kt + static_cast<size_t>(d) * B);
+        const V8 khi = LoadV8(kt + static_cast<size_t>(d) * B + 8);
+        for (int g = 0; g < kG; ++g) {
+          slo[g] += q[g * kHd + d] * klo;
+          shi[g] += q[g * kHd + d] * khi;
+        }
+      }
+    }
+    for (int g = 0; g < kG; ++g) {
+      V8 lo = slo[g] * scale, hi = shi[g] * scale;
+      if (blk == nblocks - 1) {
+        lo = lo_live ? lo : ninf;
+        hi = hi_live ? hi : ninf;
+      }
+      mxv[g] = mxv[g] > lo ? mxv[g] : lo;
+      mxv[g] = mxv[g] > hi ? mxv[g] : hi;
+      std::memcpy(scores + g * stride + blk * B, &lo, sizeof(V8));
+      std::memcpy(scores + g * stride + blk * B + 8, &hi, sizeof(V8));
+    }
+  }
+  float inv[kG];
+  for (int g = 0; g < kG; ++g) {
+    const float mx = Hmax8(mxv[g]);
+    float* sc = scores + g * stride;
+    V8 sumv = V8{};
+    for (size_t p = 0; p < stride; p += 8) {
+      const V8 e = ExpNeg8(LoadV8(sc + p) - mx);
+      sumv += e;
+      std::memcpy(sc + p, &e, sizeof(V8));
+    }
+    inv[g] = 1.0f / Hsum8(sumv);
+  }
+  // out[g][d] = sum_i p_g[i] v_i[d]: kD dims of the kG heads at a time (8
+  // accumulators, one per (head, dim), over the blocks' 16 slots), then a
+  // transposed reduction. Slots past the sequence hold stale data: their (zero)
+  // weights are not multiplied with it.
+  constexpr int kD = 8 / kG;
+  for (int d0 = 0; d0 < kHd; d0 += kD) {
+    V8 acc[8];
+    for (int j = 0; j < 8; ++j) acc[j] = V8{};
+    for (int blk = 0; blk < nblocks; ++blk) {
+      const float* vt = vb[blk] + static_cast<size_t>(d0) * B;
+      const bool full = blk < nblocks - 1;
+      for (int j = 0; j < kD; ++j) {
+        V8 vlo = LoadV8(vt + j * B), vhi = LoadV8(vt + j * B + 8);
+        if (!full) {
+          vlo = lo_live ? vlo : V8{};
+          vhi = hi_live ? vhi : V8{};
+        }
+        for (int g = 0; g < kG; ++g) {
+          const float* p = scores + g * stride + blk * B;
+          acc[g * kD + j] += LoadV8(p) * vlo + LoadV8(p + 8) * vhi;
+        }
+      }
+    }
+    const V8 o = Hsum8x8(acc);  // lane g * kD + j: head g, dim d0 + j
+    for (int g = 0; g < kG; ++g)
+      for (int j = 0; j < kD; ++j) out[g * kHd + d0 + j] = o[g * kD + j] * inv[g];
+  }
+}
+
+// Attention of `group` query heads that share one KV head, over n cached
+// positions. q / out: the heads' head_dim vectors back to back. kb[i] / vb[i]
+// point at the KV head's keys / values in block i, stored dim-major: element d of
+// the key (value) of slot s at kb[i][d * kBlockTokens + s]. `scores` has room for
+// `group` times n rounded up to a multiple of kBlockTokens.
+// Compiled for several ISAs; the loader picks one at startup (GCC target_clones).
+// Head dims of 8, 16, 32, 64, 128 use 8-wide vectors over a block's positions
+// (scores of 16 keys at once, each key and value row loaded once for the group,
+// a vectorised exp, the weighted values as 8 partial sums per dim); others take
+// the scalar loop one head at a time.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void AttendHeads(const float* q, int hd, int group, const float* const* kb,
+                 const float* const* vb, int n, float scale, float* scores, float* out) {
+#define EORA_ATTEND_G(NV)                                                                   \
+  switch (group) {                                                                         \
+    case 1: return AttendVec<NV, 1>(q, kb, vb, n, scale, scores, out);                     \
+    case 2: return AttendVec<NV, 2>(q, kb, vb, n, scale, scores, out);                     \
+    case 4: return AttendVec<NV, 4>(q, kb, vb, n, scale, scores, out);                     \
+    default:                                                                               \
+      for (int g = 0; g < group; ++g)                                                      \
+        AttendVec<NV, 1>(q + g * hd, kb, vb, n, scale, scores, out + g * hd);              \
+      return;                                                                              \
+  }
+  switch (hd) {
+    case 8: EORA_ATTEND_G(1)
+    case 16: EORA_ATTEND_G(2)
+    case 32: EORA_ATTEND_G(4)
+    case 64: EORA_ATTEND_G(8)
+    case 128: EORA_ATTEND_G(16)
+    default: break;
+  }
+#undef EORA_ATTEND_G
+  for (int g = 0; g < group; ++g) AttendHeadScalar(q + g * hd, hd, kb, vb, n, scale, scores, out + g * hd);
 }
 
 }  // namespace
@@ -362,14 +411,13 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
     // Causal attention: token t attends to positions [0, pos_t] of its sequence.
     int64_t att_work = 0;
     for (int t = 0; t < T; ++t) att_work += static_cast<int64_t>(pos_[t] + 1) * qd * 2;
-    pool_->ParallelFor(static_cast<int64_t>(T) * c.n_heads, 1, att_work,
+    pool_->ParallelFor(static_cast<int64_t>(T) * c.n_kv_heads, 1, att_work,
                        [&](int, int64_t b, int64_t e) {
       std::vector<float> scores;
       std::vector<const float*> kb, vb;
       for (int64_t th = b; th < e; ++th) {
-        const int t = static_cast<int>(th / c.n_heads);
-        const int h = static_cast<int>(th % c.n_heads);
-        const int kvh = h / group;
+        const int t = static_cast<int>(th / c.n_kv_heads);
+        const int kvh = static_cast<int>(th % c.n_kv_heads);
         const KvSequence& seq = *batch[chunk_of_[t]].kv;
         const int n = pos_[t] + 1;
         const int nblocks = (n + KvCache::kBlockTokens - 1) / KvCache::kBlockTokens;
@@ -379,9 +427,10 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
           kb[blk] = cache->BlockKeys(seq, cache_layer, blk) + kvh * hd * KvCache::kBlockTokens;
           vb[blk] = cache->BlockValues(seq, cache_layer, blk) + kvh * hd * KvCache::kBlockTokens;
         }
-        scores.resize(static_cast<size_t>(nblocks) * KvCache::kBlockTokens);
-        AttendHead(q_.data() + static_cast<size_t>(t) * qd + h * hd, hd, kb.data(), vb.data(), n,
-                   att_scale, scores.data(), att_.data() + static_cast<size_t>(t) * qd + h * hd);
+        scores.resize(static_cast<size_t>(group) * nblocks * KvCache::kBlockTokens);
+        const size_t off = static_cast<size_t>(t) * qd + static_cast<size_t>(kvh) * group * hd;
+        AttendHeads(q_.data() + off, hd, group, kb.data(), vb.data(), n, att_scale, scores.data(),
+                    att_.data() + off);
       }
     });
     if (observer) observer->OnLinearInput(l, Module::kO, att_.data(), T, qd);
