@@ -68,17 +68,20 @@ void MatMulShared(const std::vector<MatMulOutput>& outs, const float* x, int n, 
     in.qx = &scratch->qx;
   }
   // Concatenate the row spaces of all outputs, each padded to the alignment.
-  std::vector<int64_t> starts;
-  int64_t total = 0;
+  std::vector<int64_t> starts, rows;
+  int64_t total = 0, work = 0;
   for (const auto& o : outs) {
+    const int r = o.rows >= 0 ? std::min(o.rows, o.w->rows()) : o.w->rows();
     starts.push_back(total);
-    total += (o.w->rows() + align - 1) / align * align;
+    rows.push_back(r);
+    total += (r + align - 1) / align * align;
+    work += static_cast<int64_t>(r) * o.w->cols() * n;  // multiply-adds
   }
   auto run = [&](int, int64_t b, int64_t e) {
     for (size_t i = 0; i < outs.size(); ++i) {
       const int64_t s = starts[i];
       const int64_t lo = std::max<int64_t>(b, s);
-      const int64_t hi = std::min<int64_t>(e, s + outs[i].w->rows());
+      const int64_t hi = std::min<int64_t>(e, s + rows[i]);
       if (lo < hi)
         outs[i].w->MatMulRows(in, outs[i].y, outs[i].ldy, static_cast<int>(lo - s),
                               static_cast<int>(hi - s));
@@ -87,7 +90,6 @@ void MatMulShared(const std::vector<MatMulOutput>& outs, const float* x, int n, 
   if (pool == nullptr) {
     run(0, 0, total);
   } else {
-    const int64_t work = total * outs[0].w->cols() * n;  // multiply-adds
     pool->ParallelFor(total, align, work, run);
   }
 }

@@ -172,6 +172,7 @@ struct MatMulOutput {
   const Matrix* w;
   float* y;
   int ldy;
+  int rows = -1;  // compute only the first `rows` rows of w (-1: all), e.g. A[:r]
 };
 void MatMulShared(const std::vector<MatMulOutput>& outs, const float* x, int n, int ldx,
                   ThreadPool* pool, MatMulScratch* scratch);

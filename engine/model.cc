@@ -50,6 +50,32 @@ void Rope(float* v, int head_dim, RopeStyle style, const float* cs, const float*
   }
 }
 
+// Exp of x clamped to [-87, 88] (where it is a normal float): Cephes-style range
+// reduction and degree-6 polynomial, about 1 ulp. Plain arithmetic and bit casts so
+// that the SiLU loop below vectorizes.
+inline float ExpApprox(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float fn = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln 2)
+  const float r = (x - fn * 0.693359375f) - fn * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(fn) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// g[i] = SiLU(g[i]) * u[i].
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void SiluMul(float* __restrict g, const float* __restrict u, int n) {
+  for (int i = 0; i < n; ++i) g[i] = g[i] / (1.0f + ExpApprox(-g[i])) * u[i];
+}
+
 typedef float V8 __attribute__((vector_size(32)));
 
 inline V8 LoadV8(const float* p) {
@@ -377,13 +403,85 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
   const int dim = c.dim, hd = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim(), ffn = c.ffn_dim;
   const int half = hd / 2;
   const int group = c.n_heads / c.n_kv_heads;
-  auto lowrank = [&](int layer, Module m, const float* in, int ldin, float* out, int ldout) {
-    if (override_factors != nullptr) {
-      const LowRankFactors& f = (*override_factors)[static_cast<int>(m)];
-      ApplyLowRankFactors(f, f.rank(), T, in, ldin, out, ldout, pool_, &lr_);
-    } else if (!segments_.empty()) {
-      ApplyLowRank(segments_, layer, m, in, ldin, out, ldout, pool_, &lr_);
+
+  // Low-rank adapters. When every row uses the same factors at the same rank (one
+  // adapter in the batch, or calibration overrides), the A products join the
+  // parallel region of the base products that share their input and the B
+  // products of modules that share an output region run together: no extra pass
+  // over the input, and few parallel regions. Mixed batches take ApplyLowRank.
+  const bool any_lr = override_factors != nullptr || !segments_.empty();
+  const bool uniform_lr =
+      override_factors != nullptr ||
+      (segments_.size() == 1 && segments_[0].begin == 0 && segments_[0].end == T);
+  struct Lr {
+    const LowRankFactors* f = nullptr;
+    int r = 0;
+    float* u = nullptr;  // [T][r]
+  };
+  std::array<Lr, kNumModules> lr{};
+  if (uniform_lr) {
+    size_t need = 0;
+    for (int m = 0; m < kNumModules; ++m) {
+      const LowRankFactors* f = override_factors != nullptr
+                                    ? &(*override_factors)[m]
+                                    : &segments_[0].adapter->factors(l, static_cast<Module>(m));
+      if (!f->a) continue;
+      const int r = override_factors != nullptr ? f->rank() : std::min(segments_[0].rank, f->rank());
+      if (r <= 0) continue;
+      lr[m] = {f, r, nullptr};
+      need += static_cast<size_t>(T) * r;
     }
+    lr_u_.resize(need);
+    size_t off = 0;
+    for (int m = 0; m < kNumModules; ++m)
+      if (lr[m].f) {
+        lr[m].u = lr_u_.data() + off;
+        off += static_cast<size_t>(T) * lr[m].r;
+      }
+  }
+  // Adds the A products of `mods` to `outs` (uniform adapters only).
+  auto with_a = [&](std::vector<MatMulOutput> outs, std::initializer_list<Module> mods) {
+    for (Module m : mods) {
+      const Lr& a = lr[static_cast<int>(m)];
+      if (a.f) outs.push_back({a.f->a.get(), a.u, a.r, a.r});
+    }
+    return outs;
+  };
+  // y_m += u_m Bt_m[:r] for the modules in `jobs`, in one region over their columns.
+  struct BJob {
+    Module m;
+    float* y;
+    int ldy;
+  };
+  auto apply_b = [&](std::initializer_list<BJob> jobs) {
+    std::vector<BJob> js;
+    std::vector<int64_t> starts;
+    int64_t total = 0, work = 0;
+    for (const BJob& j : jobs) {
+      const Lr& a = lr[static_cast<int>(j.m)];
+      if (!a.f) continue;
+      js.push_back(j);
+      starts.push_back(total);
+      const int cols = a.f->bt->cols();
+      total += (cols + 31) / 32 * 32;
+      work += static_cast<int64_t>(T) * a.r * cols;
+    }
+    if (js.empty()) return;
+    pool_->ParallelFor(total, 32, work, [&](int, int64_t b, int64_t e) {
+      for (size_t i = 0; i < js.size(); ++i) {
+        const Lr& a = lr[static_cast<int>(js[i].m)];
+        const int64_t lo = std::max<int64_t>(b, starts[i]);
+        const int64_t hi = std::min<int64_t>(e, starts[i] + a.f->bt->cols());
+        if (lo < hi)
+          a.f->bt->AccumulateTransposed(a.u, a.r, T, a.r, js[i].y, js[i].ldy,
+                                        static_cast<int>(lo - starts[i]),
+                                        static_cast<int>(hi - starts[i]));
+      }
+    });
+  };
+  // Mixed batches: one module at a time.
+  auto lowrank_mixed = [&](Module m, const float* in, int ldin, float* out, int ldout) {
+    if (any_lr && !uniform_lr) ApplyLowRank(segments_, l, m, in, ldin, out, ldout, pool_, &lr_);
   };
   auto norm_rows = [&](const std::vector<float>& w) {
     pool_->ParallelFor(T, 1, static_cast<int64_t>(T) * dim * 4, [&](int, int64_t b, int64_t e) {
@@ -391,83 +489,128 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
         RmsNorm(x_.data() + t * dim, w.data(), dim, c.norm_eps, xn_.data() + t * dim);
     });
   };
+  auto add_residual = [&]() {
+    for (size_t i = 0; i < static_cast<size_t>(T) * dim; ++i) x_[i] += tmp_[i];
+  };
   const float att_scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
-    // ---- Attention block.
-    norm_rows(L.attn_norm);
-    if (observer) observer->OnLinearInput(l, Module::kQ, xn_.data(), T, dim);
-    MatMulShared({{&L.w(Module::kQ), q_.data(), qd},
-                  {&L.w(Module::kK), k_.data(), kvd},
-                  {&L.w(Module::kV), v_.data(), kvd}},
-                 xn_.data(), T, dim, pool_, &mm_);
-    lowrank(l, Module::kQ, xn_.data(), dim, q_.data(), qd);
-    lowrank(l, Module::kK, xn_.data(), dim, k_.data(), kvd);
-    lowrank(l, Module::kV, xn_.data(), dim, v_.data(), kvd);
-    // RoPE, then store k/v in the cache.
-    pool_->ParallelFor(T, 1, static_cast<int64_t>(T) * (qd + 2 * kvd) * 2,
-                       [&](int, int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        const float* cs = rope_cos_.data() + t * half;
-        const float* sn = rope_sin_.data() + t * half;
-        for (int h = 0; h < c.n_heads; ++h) Rope(q_.data() + t * qd + h * hd, hd, c.rope_style, cs, sn);
-        for (int h = 0; h < c.n_kv_heads; ++h)
-          Rope(k_.data() + t * kvd + h * hd, hd, c.rope_style, cs, sn);
-        const KvSequence& seq = *batch[chunk_of_[t]].kv;
-        // Keys and values are stored dim-major: elements kBlockTokens floats apart.
-        float* key = cache->Key(seq, cache_layer, pos_[t]);
-        float* value = cache->Value(seq, cache_layer, pos_[t]);
-        for (int i = 0; i < kvd; ++i) {
-          key[static_cast<size_t>(i) * KvCache::kBlockTokens] = k_[t * kvd + i];
-          value[static_cast<size_t>(i) * KvCache::kBlockTokens] = v_[t * kvd + i];
-        }
+  // ---- Attention block.
+  norm_rows(L.attn_norm);
+  if (observer) observer->OnLinearInput(l, Module::kQ, xn_.data(), T, dim);
+  MatMulShared(with_a({{&L.w(Module::kQ), q_.data(), qd},
+                       {&L.w(Module::kK), k_.data(), kvd},
+                       {&L.w(Module::kV), v_.data(), kvd}},
+                      {Module::kQ, Module::kK, Module::kV}),
+               xn_.data(), T, dim, pool_, &mm_);
+  apply_b({{Module::kQ, q_.data(), qd}, {Module::kK, k_.data(), kvd}, {Module::kV, v_.data(), kvd}});
+  lowrank_mixed(Module::kQ, xn_.data(), dim, q_.data(), qd);
+  lowrank_mixed(Module::kK, xn_.data(), dim, k_.data(), kvd);
+  lowrank_mixed(Module::kV, xn_.data(), dim, v_.data(), kvd);
+  // RoPE, then store k/v in the cache.
+  pool_->ParallelFor(T, 1, static_cast<int64_t>(T) * (qd + 2 * kvd) * 2,
+                     [&](int, int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const float* cs = rope_cos_.data() + t * half;
+      const float* sn = rope_sin_.data() + t * half;
+      for (int h = 0; h < c.n_heads; ++h) Rope(q_.data() + t * qd + h * hd, hd, c.rope_style, cs, sn);
+      for (int h = 0; h < c.n_kv_heads; ++h)
+        Rope(k_.data() + t * kvd + h * hd, hd, c.rope_style, cs, sn);
+      const KvSequence& seq = *batch[chunk_of_[t]].kv;
+      // Keys and values are stored dim-major: elements kBlockTokens floats apart.
+      float* key = cache->Key(seq, cache_layer, pos_[t]);
+      float* value = cache->Value(seq, cache_layer, pos_[t]);
+      for (int i = 0; i < kvd; ++i) {
+        key[static_cast<size_t>(i) * KvCache::kBlockTokens] = k_[t * kvd + i];
+        value[static_cast<size_t>(i) * KvCache::kBlockTokens] = v_[t * kvd + i];
       }
-    });
-    // Causal attention: token t attends to positions [0, pos_t] of its sequence.
-    int64_t att_work = 0;
-    for (int t = 0; t < T; ++t) att_work += static_cast<int64_t>(pos_[t] + 1) * qd * 2;
-    pool_->ParallelFor(static_cast<int64_t>(T) * c.n_kv_heads, 1, att_work,
-                       [&](int, int64_t b, int64_t e) {
-      std::vector<float> scores;
-      std::vector<const float*> kb, vb;
-      for (int64_t th = b; th < e; ++th) {
-        const int t = static_cast<int>(th / c.n_kv_heads);
-        const int kvh = static_cast<int>(th % c.n_kv_heads);
-        const KvSequence& seq = *batch[chunk_of_[t]].kv;
-        const int n = pos_[t] + 1;
-        const int nblocks = (n + KvCache::kBlockTokens - 1) / KvCache::kBlockTokens;
-        kb.resize(nblocks);
-        vb.resize(nblocks);
-        for (int blk = 0; blk < nblocks; ++blk) {
-          kb[blk] = cache->BlockKeys(seq, cache_layer, blk) + kvh * hd * KvCache::kBlockTokens;
-          vb[blk] = cache->BlockValues(seq, cache_layer, blk) + kvh * hd * KvCache::kBlockTokens;
-        }
-        scores.resize(static_cast<size_t>(group) * nblocks * KvCache::kBlockTokens);
-        const size_t off = static_cast<size_t>(t) * qd + static_cast<size_t>(kvh) * group * hd;
-        AttendHeads(q_.data() + off, hd, group, kb.data(), vb.data(), n, att_scale, scores.data(),
-                    att_.data() + off);
-      }
-    });
-    if (observer) observer->OnLinearInput(l, Module::kO, att_.data(), T, qd);
-    MatMul(L.w(Module::kO), att_.data(), T, qd, tmp_.data(), dim, pool_, &mm_);
-    lowrank(l, Module::kO, att_.data(), qd, tmp_.data(), dim);
-    for (size_t i = 0; i < static_cast<size_t>(T) * dim; ++i) x_[i] += tmp_[i];
-
-    // ---- Feed-forward block (SwiGLU).
-    norm_rows(L.ffn_norm);
-    if (observer) observer->OnLinearInput(l, Module::kGate, xn_.data(), T, dim);
-    MatMulShared({{&L.w(Module::kGate), gate_.data(), ffn}, {&L.w(Module::kUp), up_.data(), ffn}},
-                 xn_.data(), T, dim, pool_, &mm_);
-    lowrank(l, Module::kGate, xn_.data(), dim, gate_.data(), ffn);
-    lowrank(l, Module::kUp, xn_.data(), dim, up_.data(), ffn);
-    for (size_t i = 0; i < static_cast<size_t>(T) * ffn; ++i) {
-      const float g = gate_[i];
-      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
     }
-    if (observer) observer->OnLinearInput(l, Module::kDown, gate_.data(), T, ffn);
-    MatMul(L.w(Module::kDown), gate_.data(), T, ffn, tmp_.data(), dim, pool_, &mm_);
-    lowrank(l, Module::kDown, gate_.data(), ffn, tmp_.data(), dim);
-    for (size_t i = 0; i < static_cast<size_t>(T) * dim; ++i) x_[i] += tmp_[i];
+  });
+  // Causal attention: token t attends to positions [0, pos_t] of its sequence.
+  int64_t att_work = 0;
+  for (int t = 0; t < T; ++t) att_work += static_cast<int64_t>(pos_[t] + 1) * qd * 2;
+  pool_->ParallelFor(static_cast<int64_t>(T) * c.n_kv_heads, 1, att_work,
+                     [&](int, int64_t b, int64_t e) {
+    std::vector<float> scores;
+    std::vector<const float*> kb, vb;
+    for (int64_t th = b; th < e; ++th) {
+      const int t = static_cast<int>(th / c.n_kv_heads);
+      const int kvh = static_cast<int>(th % c.n_kv_heads);
+      const KvSequence& seq = *batch[chunk_of_[t]].kv;
+      const int n = pos_[t] + 1;
+      const int nblocks = (n + KvCache::kBlockTokens - 1) / KvCache::kBlockTokens;
+      kb.resize(nblocks);
+      vb.resize(nblocks);
+      for (int blk = 0; blk < nblocks; ++blk) {
+        kb[blk] = cache->BlockKeys(seq, cache_layer, blk) + kvh * hd * KvCache::kBlockTokens;
+        vb[blk] = cache->BlockValues(seq, cache_layer, blk) + kvh * hd * KvCache::kBlockTokens;
+      }
+      scores.resize(static_cast<size_t>(group) * nblocks * KvCache::kBlockTokens);
+      const size_t off = static_cast<size_t>(t) * qd + static_cast<size_t>(kvh) * group * hd;
+      AttendHeads(q_.data() + off, hd, group, kb.data(), vb.data(), n, att_scale, scores.data(),
+                  att_.data() + off);
+    }
+  });
+  if (observer) observer->OnLinearInput(l, Module::kO, att_.data(), T, qd);
+  MatMulShared(with_a({{&L.w(Module::kO), tmp_.data(), dim}}, {Module::kO}), att_.data(), T, qd,
+               pool_, &mm_);
+  apply_b({{Module::kO, tmp_.data(), dim}});
+  lowrank_mixed(Module::kO, att_.data(), qd, tmp_.data(), dim);
+  add_residual();
+
+  // ---- Feed-forward block (SwiGLU).
+  norm_rows(L.ffn_norm);
+  if (observer) observer->OnLinearInput(l, Module::kGate, xn_.data(), T, dim);
+  const Matrix& wg = L.w(Module::kGate);
+  const Matrix& wu = L.w(Module::kUp);
+  const bool gate_up_lr = lr[static_cast<int>(Module::kGate)].f || lr[static_cast<int>(Module::kUp)].f;
+  if (!any_lr || (uniform_lr && !gate_up_lr)) {
+    // gate, up and SiLU(gate) * up in one region: each range of rows of both.
+    MatMulInput in;
+    in.x = xn_.data();
+    in.n = T;
+    in.ldx = dim;
+    if (wg.WantsQuantizedInput() || wu.WantsQuantizedInput()) {
+      mm_.qx.Quantize(xn_.data(), T, dim, dim);
+      in.qx = &mm_.qx;
+    }
+    const int align = std::max(wg.RowAlignment(), wu.RowAlignment());
+    pool_->ParallelFor(ffn, align, static_cast<int64_t>(T) * ffn * dim * 2,
+                       [&](int, int64_t b, int64_t e) {
+      wg.MatMulRows(in, gate_.data(), ffn, static_cast<int>(b), static_cast<int>(e));
+      wu.MatMulRows(in, up_.data(), ffn, static_cast<int>(b), static_cast<int>(e));
+      for (int t = 0; t < T; ++t)
+        SiluMul(gate_.data() + static_cast<size_t>(t) * ffn + b,
+                up_.data() + static_cast<size_t>(t) * ffn + b, static_cast<int>(e - b));
+    });
+  } else {
+    MatMulShared(with_a({{&wg, gate_.data(), ffn}, {&wu, up_.data(), ffn}},
+                        {Module::kGate, Module::kUp}),
+                 xn_.data(), T, dim, pool_, &mm_);
+    lowrank_mixed(Module::kGate, xn_.data(), dim, gate_.data(), ffn);
+    lowrank_mixed(Module::kUp, xn_.data(), dim, up_.data(), ffn);
+    // B products of gate and up, then SiLU(gate) * up, per range of columns.
+    const Lr& ag = lr[static_cast<int>(Module::kGate)];
+    const Lr& au = lr[static_cast<int>(Module::kUp)];
+    pool_->ParallelFor(ffn, 32, static_cast<int64_t>(T) * ffn * (ag.r + au.r + 8),
+                       [&](int, int64_t b, int64_t e) {
+      if (ag.f)
+        ag.f->bt->AccumulateTransposed(ag.u, ag.r, T, ag.r, gate_.data(), ffn, static_cast<int>(b),
+                                       static_cast<int>(e));
+      if (au.f)
+        au.f->bt->AccumulateTransposed(au.u, au.r, T, au.r, up_.data(), ffn, static_cast<int>(b),
+                                       static_cast<int>(e));
+      for (int t = 0; t < T; ++t)
+        SiluMul(gate_.data() + static_cast<size_t>(t) * ffn + b,
+                up_.data() + static_cast<size_t>(t) * ffn + b, static_cast<int>(e - b));
+    });
   }
+  if (observer) observer->OnLinearInput(l, Module::kDown, gate_.data(), T, ffn);
+  MatMulShared(with_a({{&L.w(Module::kDown), tmp_.data(), dim}}, {Module::kDown}), gate_.data(), T,
+               ffn, pool_, &mm_);
+  apply_b({{Module::kDown, tmp_.data(), dim}});
+  lowrank_mixed(Module::kDown, gate_.data(), ffn, tmp_.data(), dim);
+  add_residual();
+}
 
 absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache,
                             std::vector<float>* logits) {

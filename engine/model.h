@@ -96,7 +96,7 @@ class Model {
   ThreadPool* pool_;
 
   // Scratch, reused across steps.
-  std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_, rope_cos_, rope_sin_, last_;
+  std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_, rope_cos_, rope_sin_, last_, lr_u_;
   std::vector<int> pos_, chunk_of_;
   std::vector<LowRankSegment> segments_;
   int T_ = 0;

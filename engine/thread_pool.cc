@@ -1,6 +1,7 @@
 #include "engine/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -12,6 +13,19 @@
 #endif
 
 namespace eora {
+namespace {
+
+// Chunks per thread of a job: enough that a thread which arrives late (or is slow)
+// leaves little for the others to wait on, few enough that claiming stays cheap.
+constexpr int64_t kChunksPerThread = 4;
+
+// How long an idle worker spins (pause) and then yields before it sleeps.
+constexpr auto kSpinTime = std::chrono::microseconds(200);
+constexpr auto kYieldTime = std::chrono::milliseconds(2);
+
+using Clock = std::chrono::steady_clock;
+
+}  // namespace
 
 ThreadPool::ThreadPool(int num_threads) : num_threads_(std::max(1, num_threads)) {
   for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
@@ -21,77 +35,101 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_.store(true);
-    generation_.fetch_add(1);
+    // A new generation with no chunks wakes everyone.
+    ++generation_;
+    chunks_.store(0);
+    claim_.store(static_cast<uint64_t>(generation_) << 32);
   }
   cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::WorkerLoop(int index) {
-  uint64_t seen = 0;
+void ThreadPool::Work(uint32_t gen, int index) {
   for (;;) {
-    // Spin for a short while (decode issues parallel regions every few
-    // microseconds), then yield, then sleep: never burn a core for long, since
-    // the machine may be shared or oversubscribed.
-    for (int spins = 0; generation_.load(std::memory_order_acquire) == seen && spins < 4000;
-         ++spins) {
-      if (spins < 2000) {
-        EORA_PAUSE();
-      } else {
-        std::this_thread::yield();
-      }
-    }
-    if (generation_.load(std::memory_order_acquire) == seen) {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return generation_.load() != seen; });
-    }
-    seen = generation_.load(std::memory_order_acquire);
-    if (stop_.load()) return;
-    (*job_)(index);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    uint64_t s = claim_.load(std::memory_order_acquire);
+    if (static_cast<uint32_t>(s >> 32) != gen) return;
+    const uint32_t k = static_cast<uint32_t>(s);
+    const uint32_t chunks = chunks_.load(std::memory_order_relaxed);
+    if (k >= chunks) return;
+    const RangeFn* fn = fn_.load(std::memory_order_relaxed);
+    const int64_t n = n_.load(std::memory_order_relaxed);
+    const int64_t align = align_.load(std::memory_order_relaxed);
+    const int64_t units = units_.load(std::memory_order_relaxed);
+    // The claim succeeds only while generation `gen` is current with chunk k
+    // unclaimed, so the fields read above belong to it (the caller rewrites them
+    // only after every chunk of `gen` is done).
+    if (!claim_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
+                                      std::memory_order_relaxed))
+      continue;
+    const int64_t b = units * k / chunks * align;
+    const int64_t e = std::min(n, units * (k + 1) / chunks * align);
+    if (b < e) (*fn)(index, b, e);
+    done_.fetch_add(1, std::memory_order_acq_rel);
   }
 }
 
-void ThreadPool::RunOnAll(const std::function<void(int)>& fn) {
-  if (num_threads_ == 1) {
-    fn(0);
+void ThreadPool::WorkerLoop(int index) {
+  uint32_t seen = 0;
+  for (;;) {
+    auto current = [&] { return static_cast<uint32_t>(claim_.load(std::memory_order_acquire) >> 32); };
+    if (current() == seen) {
+      const Clock::time_point start = Clock::now();
+      for (int i = 0; current() == seen; ++i) {
+        if ((i & 63) != 63) {
+          EORA_PAUSE();
+          continue;
+        }
+        const auto waited = Clock::now() - start;
+        if (waited < kSpinTime) continue;
+        if (waited < kYieldTime) {
+          std::this_thread::yield();
+          continue;
+        }
+        std::unique_lock<std::mutex> lock(mu_);
+        sleepers_.fetch_add(1);
+        cv_.wait(lock, [&] { return current() != seen; });
+        sleepers_.fetch_sub(1);
+        break;
+      }
+    }
+    seen = current();
+    if (stop_.load()) return;
+    Work(seen, index);
+  }
+}
+
+void ThreadPool::ParallelFor(int64_t n, int64_t align, const RangeFn& fn) {
+  if (n <= 0) return;
+  align = std::max<int64_t>(1, align);
+  const int64_t units = (n + align - 1) / align;
+  const int64_t chunks = std::min<int64_t>(units, num_threads_ * kChunksPerThread);
+  if (num_threads_ == 1 || chunks <= 1) {
+    fn(0, 0, n);
     return;
   }
-  {
+  // Publish the job. Nobody claims chunks of the previous generation any more
+  // (all were done), so the fields are free to rewrite.
+  fn_.store(&fn, std::memory_order_relaxed);
+  n_.store(n, std::memory_order_relaxed);
+  align_.store(align, std::memory_order_relaxed);
+  units_.store(units, std::memory_order_relaxed);
+  chunks_.store(static_cast<uint32_t>(chunks), std::memory_order_relaxed);
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t gen = ++generation_;
+  claim_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> lock(mu_);
-    job_ = &fn;
-    pending_.store(num_threads_ - 1, std::memory_order_release);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
+    cv_.notify_all();
   }
-  cv_.notify_all();
-  fn(0);
-  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
-    if (spins < 2000) {
+  Work(gen, 0);
+  // Wait for chunks that workers claimed and are still running.
+  for (int i = 0; done_.load(std::memory_order_acquire) != chunks; ++i) {
+    if (i < 4096) {
       EORA_PAUSE();
     } else {
       std::this_thread::yield();  // a worker may be descheduled: give it the core
     }
   }
-}
-
-void ThreadPool::ParallelFor(int64_t n, int64_t align,
-                             const std::function<void(int, int64_t, int64_t)>& fn) {
-  if (n <= 0) return;
-  align = std::max<int64_t>(1, align);
-  const int64_t units = (n + align - 1) / align;
-  const int64_t threads = std::min<int64_t>(num_threads_, units);
-  if (threads <= 1) {
-    fn(0, 0, n);
-    return;
-  }
-  RunOnAll([&](int t) {
-    if (t >= threads) return;
-    const int64_t u0 = units * t / threads;
-    const int64_t u1 = units * (t + 1) / threads;
-    const int64_t b = u0 * align;
-    const int64_t e = std::min(n, u1 * align);
-    if (b < e) fn(t, b, e);
-  });
 }
 
 }  // namespace eora

@@ -1,8 +1,14 @@
 // A fixed pool of worker threads for data-parallel loops in the forward pass.
 //
 // Threading contract: ParallelFor may be called from one thread at a time (the
-// engine's step thread); it blocks until every chunk has run. Workers spin briefly
-// between jobs (decode steps issue many short parallel regions) and then sleep.
+// engine's step thread); it blocks until every chunk has run.
+//
+// Work is split into a few chunks per thread that threads claim dynamically (an
+// atomic counter), and the calling thread claims chunks too. The caller never waits
+// for a worker that has not started: on a shared, oversubscribed machine a worker
+// may be descheduled for milliseconds, and the caller then simply runs the
+// remaining chunks itself. Workers spin briefly between jobs (decode issues many
+// short parallel regions), then yield, then sleep.
 #pragma once
 
 #include <atomic>
@@ -25,17 +31,18 @@ class ThreadPool {
 
   int num_threads() const { return num_threads_; }
 
-  // Calls fn(thread_index, begin, end) over [0, n) split into num_threads()
-  // contiguous ranges whose bounds are multiples of `align` (except the end).
-  // Returns when all ranges are done.
-  void ParallelFor(int64_t n, int64_t align,
-                   const std::function<void(int, int64_t, int64_t)>& fn);
+  using RangeFn = std::function<void(int, int64_t, int64_t)>;
+
+  // Calls fn(thread_index, begin, end) over disjoint contiguous ranges covering
+  // [0, n), whose bounds are multiples of `align` (except the end). A thread may
+  // get several ranges (one call each); thread_index identifies the thread
+  // (0 = caller). Returns when all ranges are done.
+  void ParallelFor(int64_t n, int64_t align, const RangeFn& fn);
 
   // As above, but runs inline on the caller when `work` (an estimate in
   // multiply-adds) is too small to repay waking the workers.
   static constexpr int64_t kMinParallelWork = 1 << 15;
-  void ParallelFor(int64_t n, int64_t align, int64_t work,
-                   const std::function<void(int, int64_t, int64_t)>& fn) {
+  void ParallelFor(int64_t n, int64_t align, int64_t work, const RangeFn& fn) {
     if (work < kMinParallelWork) {
       if (n > 0) fn(0, 0, n);
       return;
@@ -43,19 +50,29 @@ class ThreadPool {
     ParallelFor(n, align, fn);
   }
 
-  // Calls fn(thread_index) once on every thread (including the caller, index 0).
-  void RunOnAll(const std::function<void(int)>& fn);
-
  private:
   void WorkerLoop(int index);
+  // Claims and runs chunks of job generation `gen` until none is left.
+  void Work(uint32_t gen, int index);
 
   const int num_threads_;
   std::vector<std::thread> workers_;
+
+  // The current job. claim_ = (generation << 32) | next unclaimed chunk. The job
+  // fields are atomics because a late worker may read them while the caller
+  // publishes the next job; it only uses them after a successful claim.
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<const RangeFn*> fn_{nullptr};
+  std::atomic<int64_t> n_{0};
+  std::atomic<int64_t> align_{1};
+  std::atomic<int64_t> units_{0};
+  std::atomic<uint32_t> chunks_{0};
+  std::atomic<uint32_t> done_{0};
+  uint32_t generation_ = 0;  // caller only
+
   std::mutex mu_;
   std::condition_variable cv_;
-  const std::function<void(int)>* job_ = nullptr;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
 };
 
