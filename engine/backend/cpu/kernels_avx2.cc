@@ -550,6 +550,147 @@ inline void PrefetchRows(const QuantView& w, int r, int count) {
   for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
 }
 
+// ---- Quantized GEMM (several activation rows: prefill, batches) ----------------------
+//
+// The activation scale is shared by aligned spans of kSpan = 4 blocks (x.span), so
+// per weight row and activation row the product is
+//   sum_spans d[t][span] * sum_{sub-runs in span} s[r][g] * isum(sub-run)
+// where a sub-run is kG consecutive blocks of one weight group whose maddubs
+// products add in int16. Per sub-run: madd, convert, one FMA with the broadcast
+// weight scale (shared by the kT activation rows); per span: one FMA with the
+// activation scale. The min term sum_g min[r][g] * gsum[t][g] is computed for 4
+// activation rows at once from a transposed copy of gsum. Tiles: 1 weight row x
+// kT = 4 activation rows, rows in blocks of kRowBlock so that their codes stay in L1
+// while all activation tiles pass.
+constexpr int kSpan = 4;
+constexpr int kRowBlock = 16;
+
+template <int kBits, int kT, int kG>
+inline void GemmSubRun(const uint8_t* wp, const int8_t* const* qp, int b, __m256 sbc, __m256* sacc,
+                       __m256i ones) {
+  constexpr int kBB = QuantBlockBytes(kBits);
+  __m256i wv[kG];
+  EORA_UNROLL for (int u = 0; u < kG; ++u) wv[u] = Unpack<kBits>(wp + (b + u) * kBB);
+  EORA_UNROLL for (int t = 0; t < kT; ++t) {
+    __m256i p16 = _mm256_maddubs_epi16(wv[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[t] + 32 * b)));
+    EORA_UNROLL for (int u = 1; u < kG; ++u)
+      p16 = _mm256_add_epi16(
+          p16, _mm256_maddubs_epi16(wv[u], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[t] + 32 * (b + u)))));
+    sacc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), sbc, sacc[t]);
+  }
+}
+
+// One weight row (codes `wp`, float weight scale of each block `sf`) times kT
+// activation rows: the kT dot products without the min term.
+template <int kBits, int kT, int kG>
+inline __m128 GemmTile(const QuantView& w, const QActView& x, const uint8_t* wp, const float* sf,
+                       int t0) {
+  const int nb = w.blocks;
+  const int8_t* qp[kT];
+  const float* dp[kT];
+  EORA_UNROLL for (int t = 0; t < kT; ++t) {
+    qp[t] = x.q + static_cast<size_t>(t0 + t) * x.padded_cols;
+    dp[t] = x.d + static_cast<size_t>(t0 + t) * x.nb;
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[kT];
+  EORA_UNROLL for (int t = 0; t < kT; ++t) acc[t] = _mm256_setzero_ps();
+  for (int s0 = 0; s0 < nb; s0 += kSpan) {
+    const int s1 = Min(nb, s0 + kSpan);
+    __m256 sacc[kT];
+    EORA_UNROLL for (int t = 0; t < kT; ++t) sacc[t] = _mm256_setzero_ps();
+    int b = s0;
+    if (s1 - s0 == kSpan) {
+      EORA_UNROLL for (int u = 0; u < kSpan / kG; ++u) {
+        const int bb = s0 + u * kG;
+        const __m256 sbc = _mm256_broadcast_ss(sf + bb);
+        GemmSubRun<kBits, kT, kG>(wp, qp, bb, sbc, sacc, ones);
+      }
+      b = s1;
+    }
+    for (; b < s1; ++b) {  // partial last span: block by block
+      const __m256 sbc = _mm256_broadcast_ss(sf + b);
+      GemmSubRun<kBits, kT, 1>(wp, qp, b, sbc, sacc, ones);
+    }
+    EORA_UNROLL for (int t = 0; t < kT; ++t)
+      acc[t] = _mm256_fmadd_ps(sacc[t], _mm256_broadcast_ss(dp[t] + s0), acc[t]);
+  }
+  if constexpr (kT == 4) {
+    return Hsum4(acc[0], acc[1], acc[2], acc[3]);
+  } else {
+    alignas(16) float h[4] = {0, 0, 0, 0};
+    EORA_UNROLL for (int t = 0; t < kT; ++t) h[t] = Hsum(acc[t]);
+    return _mm_load_ps(h);
+  }
+}
+
+template <int kBits, int kG>
+void QuantGemmMulti(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
+  const int n = x.n;
+  const int np = (n + 3) / 4 * 4;
+  const int groups = w.groups;
+  const int nb = w.blocks;
+  // Scratch: gsum transposed [groups][np], then for a row block the weight scale of
+  // every block [kRowBlock][nb] and the mins [kRowBlock][groups].
+  float* scratch = ScratchFloats(static_cast<size_t>(groups) * np + kRowBlock * (nb + groups) + 16);
+  float* gst = scratch;
+  float* sf = gst + static_cast<size_t>(groups) * np;
+  float* mf = sf + kRowBlock * nb;
+  for (int g = 0; g < groups; ++g) {
+    for (int t = 0; t < n; ++t) gst[static_cast<size_t>(g) * np + t] = x.gsum[static_cast<size_t>(t) * x.groups + g];
+    for (int t = n; t < np; ++t) gst[static_cast<size_t>(g) * np + t] = 0.f;
+  }
+  for (int rb = r0; rb < r1; rb += kRowBlock) {
+    const int re = Min(r1, rb + kRowBlock);
+    for (int r = rb; r < re; ++r) {
+      const uint16_t* sc = w.scale + static_cast<size_t>(r) * groups;
+      const uint16_t* mn = w.min + static_cast<size_t>(r) * groups;
+      float* sr = sf + (r - rb) * nb;
+      float* mr = mf + (r - rb) * groups;
+      for (int g = 0, b = 0; g < groups; ++g) {
+        const float v = HalfToFloat(sc[g]);
+        const int b1 = Min(nb, (g + 1) * w.bpg);
+        for (; b < b1; ++b) sr[b] = v;
+        mr[g] = HalfToFloat(mn[g]);
+      }
+    }
+    for (int t0 = 0; t0 < n; t0 += 4) {
+      const int kt = Min(4, n - t0);
+      for (int r = rb; r < re; ++r) {
+        const uint8_t* wp = w.codes + static_cast<size_t>(r) * w.row_bytes;
+        const float* sr = sf + (r - rb) * nb;
+        const float* mr = mf + (r - rb) * groups;
+        __m128 v;
+        switch (kt) {
+          case 4: v = GemmTile<kBits, 4, kG>(w, x, wp, sr, t0); break;
+          case 3: v = GemmTile<kBits, 3, kG>(w, x, wp, sr, t0); break;
+          case 2: v = GemmTile<kBits, 2, kG>(w, x, wp, sr, t0); break;
+          default: v = GemmTile<kBits, 1, kG>(w, x, wp, sr, t0); break;
+        }
+        __m128 m = _mm_setzero_ps();
+        for (int g = 0; g < groups; ++g)
+          m = _mm_fmadd_ps(_mm_set1_ps(mr[g]), _mm_loadu_ps(gst + static_cast<size_t>(g) * np + t0), m);
+        alignas(16) float out[4];
+        _mm_store_ps(out, _mm_add_ps(v, m));
+        for (int t = 0; t < kt; ++t) y[static_cast<size_t>(t0 + t) * ldy + r] = out[t];
+      }
+    }
+  }
+}
+
+// Whether QuantGemmMulti handles this matrix and activation layout; *kg = sub-run.
+inline bool MultiPath(const QuantView& w, const QActView& x, int* kg) {
+  if (x.span != kSpan) return false;
+  if (w.groups == 1 || w.bpg % 4 == 0) {
+    *kg = 4;
+  } else if (w.bpg == 1 || w.bpg == 2) {
+    *kg = w.bpg;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 template <int kBits, int kRL>
 void QuantGemmRL(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
   if (x.n == 1) {
@@ -564,6 +705,14 @@ void QuantGemmRL(const QuantView& w, const QActView& x, float* y, int ldy, int r
     }
     for (; r < r1; ++r) QuantTile<kBits, 1, 1, kRL>(w, x, y, ldy, r, 0);
     return;
+  }
+  int kg = 0;
+  if (MultiPath(w, x, &kg)) {
+    switch (kg) {
+      case 4: QuantGemmMulti<kBits, 4>(w, x, y, ldy, r0, r1); return;
+      case 2: QuantGemmMulti<kBits, 2>(w, x, y, ldy, r0, r1); return;
+      default: QuantGemmMulti<kBits, 1>(w, x, y, ldy, r0, r1); return;
+    }
   }
   if constexpr (kRL == 1) {
     // 2 weight rows x 4 activation rows: each unpacked block serves 4 products.
