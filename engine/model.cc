@@ -384,13 +384,28 @@ absl::Status Model::Prepare(std::span<const SequenceChunk> batch, KvCache* cache
       pos_[t] = ch.kv->length() + j;
     }
   }
+  // cos/sin per position come from a table that grows to the largest position
+  // seen (a decode step would otherwise spend pow, cos and sin per token).
+  int max_pos = -1;
+  for (int tt = 0; tt < T; ++tt) max_pos = std::max(max_pos, pos_[tt]);
+  const int have = static_cast<int>(rope_table_cos_.size() / std::max(half, 1));
+  if (half > 0 && max_pos >= have) {
+    const int want = std::min(c.max_seq_len, std::max(max_pos + 1, 2 * have));
+    rope_table_cos_.resize(static_cast<size_t>(want) * half);
+    rope_table_sin_.resize(static_cast<size_t>(want) * half);
+    for (int p = have; p < want; ++p)
+      for (int i = 0; i < half; ++i) {
+        const double freq = std::pow(static_cast<double>(c.rope_theta), -2.0 * i / hd);
+        const double ang = p * freq;
+        rope_table_cos_[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(ang));
+        rope_table_sin_[static_cast<size_t>(p) * half + i] = static_cast<float>(std::sin(ang));
+      }
+  }
   for (int tt = 0; tt < T; ++tt) {
-    for (int i = 0; i < half; ++i) {
-      const double freq = std::pow(static_cast<double>(c.rope_theta), -2.0 * i / hd);
-      const double ang = pos_[tt] * freq;
-      rope_cos_[static_cast<size_t>(tt) * half + i] = static_cast<float>(std::cos(ang));
-      rope_sin_[static_cast<size_t>(tt) * half + i] = static_cast<float>(std::sin(ang));
-    }
+    std::copy_n(rope_table_cos_.data() + static_cast<size_t>(pos_[tt]) * half, half,
+                rope_cos_.data() + static_cast<size_t>(tt) * half);
+    std::copy_n(rope_table_sin_.data() + static_cast<size_t>(pos_[tt]) * half, half,
+                rope_sin_.data() + static_cast<size_t>(tt) * half);
   }
   return absl::OkStatus();
 }

@@ -97,6 +97,7 @@ class Model {
 
   // Scratch, reused across steps.
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_, rope_cos_, rope_sin_, last_, lr_u_;
+  std::vector<float> rope_table_cos_, rope_table_sin_;  // [position][head_dim / 2], grown on demand
   std::vector<int> pos_, chunk_of_;
   std::vector<LowRankSegment> segments_;
   int T_ = 0;
