@@ -237,7 +237,9 @@ TEST_F(SchedulerTest, HigherPriorityJoinsFirst) {
   Make(so);
   GenerateParams p;
   p.prompt = "Once";
-  p.max_new_tokens = 450;  // long enough to still hold the slot while the others queue
+  // Long enough (near the 2048-token context) to still hold the slot while the others
+  // queue, even on a fast engine; 450 tokens took only ~20 ms and raced the queueing.
+  p.max_new_tokens = 2000;
   p.ignore_eos = true;
   auto first = Start(p);  // occupies the only slot
   p.max_new_tokens = 2;
