@@ -29,7 +29,8 @@ int RunBench(int argc, char** argv) {
   Args args(cmd,
             "Measures prefill and decode speed. Prefill: each of --batch sequences feeds\n"
             "--prompt-tokens random tokens in one forward step. Decode: then --gen-tokens\n"
-            "steps of one token per sequence. Reports the median of --reps runs.\n"
+            "steps of one token per sequence, after the prompt or (--decode-context) in\n"
+            "fresh sequences. Reports the median of --reps runs.\n"
             "weight_bytes is the bytes of weights (and adapter factors) read per decode step.");
   args.Flag("model", "PATH", "", "a .gguf file or Hugging Face directory (or use --synthetic)");
   args.Flag("synthetic", "NAME", "", "random weights with the shapes of stories260k, stories110m, llama2-7b or llama3-8b");
@@ -42,17 +43,22 @@ int RunBench(int argc, char** argv) {
   args.Flag("threads", "N", DefaultThreadsString(), "worker threads");
   args.Flag("prompt-tokens", "P", "64", "prompt length per sequence");
   args.Flag("gen-tokens", "G", "128", "decode steps");
+  args.Flag("decode-context", "C", "-1",
+            "tokens already in each sequence's KV cache when decode starts: -1 = the prompt "
+            "(decode continues after prefill); 0 = none, as llama-bench's tg test; C > 0 = a fresh "
+            "sequence after an untimed prefill of C tokens");
   args.Flag("reps", "N", "3", "repetitions (median reported)");
   args.Flag("seed", "S", "1", "seed of synthetic weights and random prompts");
   args.Switch("json", "print one JSON object instead of a table row");
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
   std::string err;
-  int64_t group, rank, lora_bits, batch, threads, ptoks, gtoks, reps, seed, bits = 0;
+  int64_t group, rank, lora_bits, batch, threads, ptoks, gtoks, reps, seed, dctx, bits = 0;
   if (!args.Int("group-size", &group, &err) || !args.Int("lora-rank", &rank, &err) ||
       !args.Int("lora-bits", &lora_bits, &err) || !args.Int("batch", &batch, &err) ||
       !args.Int("threads", &threads, &err) || !args.Int("prompt-tokens", &ptoks, &err) ||
       !args.Int("gen-tokens", &gtoks, &err) || !args.Int("reps", &reps, &err) ||
+      !args.Int("decode-context", &dctx, &err) ||
       !args.Int("seed", &seed, &err) || (args.Has("bits") && !args.Int("bits", &bits, &err)))
     return UsageError(cmd, err);
   if (args.Has("model") == args.Has("synthetic"))
@@ -62,6 +68,7 @@ int RunBench(int argc, char** argv) {
   if (batch < 1 || threads < 1 || ptoks < 1 || gtoks < 0 || reps < 1 || rank < 0)
     return UsageError(cmd, "--batch, --threads, --prompt-tokens, --reps must be >= 1; "
                            "--gen-tokens, --lora-rank >= 0");
+  if (dctx < -1) return UsageError(cmd, "--decode-context must be -1, 0 or a token count");
   if (group < 0 || group % 32 != 0) return UsageError(cmd, "--group-size must be 0 or a multiple of 32");
 
   std::shared_ptr<const ModelWeights> weights;
@@ -93,9 +100,10 @@ int RunBench(int argc, char** argv) {
     }
   }
   const ModelConfig& c = weights->config;
-  if (ptoks + gtoks > c.max_seq_len)
-    return UsageError(cmd, "--prompt-tokens + --gen-tokens exceeds the model context of " +
-                               std::to_string(c.max_seq_len));
+  const int64_t decode_start = dctx < 0 ? ptoks : dctx;
+  if (ptoks > c.max_seq_len || decode_start + gtoks > c.max_seq_len)
+    return UsageError(cmd, "--prompt-tokens, or the decode context plus --gen-tokens, exceeds the "
+                           "model context of " + std::to_string(c.max_seq_len));
   std::shared_ptr<const LowRankAdapter> adapter;
   if (rank > 0) {
     WeightStorage fs;
@@ -107,7 +115,7 @@ int RunBench(int argc, char** argv) {
 
   ThreadPool pool(static_cast<int>(threads));
   Model model(weights, &pool);
-  KvCache cache(c, batch * (ptoks + gtoks + 2 * KvCache::kBlockTokens));
+  KvCache cache(c, batch * (std::max(ptoks, decode_start + gtoks) + 2 * KvCache::kBlockTokens));
   std::mt19937 rng(static_cast<uint32_t>(seed));
   std::uniform_int_distribution<int> tok(3, c.vocab_size - 1);
   std::vector<double> prefill_s, decode_s;
@@ -125,7 +133,23 @@ int RunBench(int argc, char** argv) {
     }
     const auto t0 = std::chrono::steady_clock::now();
     if (absl::Status s = model.Forward(chunks, &cache, &logits); !s.ok()) return Fail(cmd, s);
-    const auto t1 = std::chrono::steady_clock::now();
+    auto t1 = std::chrono::steady_clock::now();
+    if (dctx >= 0) {
+      // Decode in fresh sequences holding dctx tokens (prefilled untimed).
+      for (auto& s : seqs) cache.Free(&s);
+      seqs.clear();
+      chunks.clear();
+      for (int64_t b = 0; b < batch; ++b) {
+        prompts[b].resize(static_cast<size_t>(dctx));
+        for (int& t : prompts[b]) t = tok(rng);
+        seqs.push_back(cache.NewSequence());
+        chunks.push_back({&seqs.back(), prompts[b], adapter.get(), static_cast<int>(rank),
+                          LogitsMode::kLast});
+      }
+      if (dctx > 0)
+        if (absl::Status s = model.Forward(chunks, &cache, &logits); !s.ok()) return Fail(cmd, s);
+      t1 = std::chrono::steady_clock::now();
+    }
     std::vector<int> next(batch);
     for (int64_t g = 0; g < gtoks; ++g) {
       for (int64_t b = 0; b < batch; ++b) {
@@ -149,11 +173,12 @@ int RunBench(int argc, char** argv) {
   if (args.Has("json")) {
     std::printf(
         "{\"model\": \"%s\", \"format\": \"%s\", \"batch\": %lld, \"threads\": %lld, "
-        "\"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"lora_rank\": %lld, \"lora_bits\": %lld, "
+        "\"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"decode_context\": %lld, \"lora_rank\": %lld, \"lora_bits\": %lld, "
         "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, \"weight_bytes\": %zu, "
         "\"decode_gb_s\": %.3f, \"isa\": \"%s\"}\n",
         name.c_str(), fmt.c_str(), static_cast<long long>(batch), static_cast<long long>(threads),
-        static_cast<long long>(ptoks), static_cast<long long>(gtoks), static_cast<long long>(rank),
+        static_cast<long long>(ptoks), static_cast<long long>(gtoks),
+        static_cast<long long>(decode_start), static_cast<long long>(rank),
         static_cast<long long>(lora_bits), pre, dec, wbytes, gbs, KernelIsaName());
   } else {
     std::printf("%-14s %-12s batch %-3lld threads %-2lld rank %-4lld prefill %9.1f tok/s  decode %9.1f tok/s  weights %8.2f MB/token  %6.2f GB/s  [%s]\n",

@@ -452,7 +452,35 @@ void QuantTile(const QuantView& w, const QActView& x, float* y, int ldy, int r, 
     EORA_UNROLL for (int i = 0; i < kR; ++i)
       EORA_UNROLL for (int j = 0; j < kT; ++j) acc[i][j] = _mm256_setzero_ps();
     int b = 0;
-    if constexpr (kRL > 1 && kT == 1) {
+    if constexpr (kBits == 4 && kRL > 1 && kT == 1) {
+      // 4-bit GEMV, two blocks per 32-byte load: the low nibbles are codes 0-15
+      // of both blocks, the high nibbles codes 16-31, so the run's activations are
+      // regrouped once (shared by the kR rows) to [q_b[0:16] | q_b+1[0:16]] and
+      // [q_b[16:32] | q_b+1[16:32]]. All blocks of a run share the scale, so which
+      // lane holds which block does not matter; int16 sums stay < 2^15 as above.
+      const __m256i nib = _mm256_set1_epi8(0x0F);
+      for (; b + kRL <= cn; b += kRL) {
+        __m256i xl[kRL / 2], xh[kRL / 2];
+        EORA_UNROLL for (int u = 0; u < kRL / 2; ++u) {
+          const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[0] + 32 * (b + 2 * u)));
+          const __m256i qb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[0] + 32 * (b + 2 * u + 1)));
+          xl[u] = _mm256_permute2x128_si256(qa, qb, 0x20);
+          xh[u] = _mm256_permute2x128_si256(qa, qb, 0x31);
+        }
+        EORA_UNROLL for (int i = 0; i < kR; ++i) {
+          __m256i p16 = _mm256_setzero_si256();
+          EORA_UNROLL for (int u = 0; u < kRL / 2; ++u) {
+            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp[i] + (b + 2 * u) * kBB));
+            const __m256i lo = _mm256_and_si256(v, nib);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+            const __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xl[u]), _mm256_maddubs_epi16(hi, xh[u]));
+            p16 = u == 0 ? s : _mm256_add_epi16(p16, s);
+          }
+          const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+          acc[i][0] = _mm256_fmadd_ps(dot, _mm256_broadcast_ss(&sc[i][b]), acc[i][0]);
+        }
+      }
+    } else if constexpr (kRL > 1 && kT == 1) {
       // GEMV: one weight row at a time through the run (few live registers);
       // the activation blocks are re-loaded from L1 for each row.
       for (; b + kRL <= cn; b += kRL) {
