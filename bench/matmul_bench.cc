@@ -76,7 +76,7 @@ int Register() {
   struct Shape {
     int rows, cols;
   };
-  const Shape shapes[] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}};
+  const Shape shapes[] = {{768, 768}, {2048, 768}, {768, 2048}, {32000, 768}, {256, 768}};
   for (const Format& f : kFormats) {
     for (const Shape& s : shapes) {
       for (int n : {1, 64}) {

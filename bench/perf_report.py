@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -49,23 +50,26 @@ def main():
                          "adapter factors 16-bit at rank 16/64/128 and 4-/3-bit at rank 64, stories260K at 1 thread")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--note", default="", help="free text added to the report (e.g. what else ran on the machine)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="measure every configuration this many times, round-robin, and report the median "
+                         "(a shared machine's speed drifts over seconds; interleaving spreads that over all rows)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
     eora = os.path.join(args.build, "bin", "eora")
     membw = os.path.join(args.build, "bin", "eora-membw")
 
     load_before = os.getloadavg()[0]
-    bw = {t: run([membw, "--threads", str(t), "--mib", "1024"])["read_gb_s"] for t in (1, 2)}
 
+    # Configurations are collected first, then measured round-robin --rounds times.
     rows = []
     def bench(label, extra, batch, threads, gen=128, prompt=64):
         cmd = [eora, "bench", *extra, "--batch", str(batch), "--threads", str(threads),
-               "--prompt-tokens", str(prompt), "--gen-tokens", str(gen), "--reps", "3", "--json"]
-        r = run(cmd)
-        r["label"] = label
-        r["cmd"] = "eora " + " ".join(cmd[1:-1])
+               "--prompt-tokens", str(prompt), "--gen-tokens", str(gen), "--decode-context", "0",
+               "--reps", "3", "--json"]
+        r = {"label": label, "batch": batch, "threads": threads, "argv": cmd,
+             "cmd": "eora " + " ".join(cmd[1:-1])}
         rows.append(r)
-        print(f"{label:28s} b{batch:<3d} t{threads} prefill {r['prefill_tok_s']:9.1f} decode {r['decode_tok_s']:9.1f} "
-              f"{r['weight_bytes']/1e6:8.2f} MB/tok {r['decode_gb_s']:6.2f} GB/s", flush=True)
         return r
 
     formats = [("F16", ["--bits", "16"]), ("4-bit g64", ["--bits", "4"]), ("3-bit g64", ["--bits", "3"]),
@@ -98,6 +102,24 @@ def main():
         for t in ((1,) if args.quick else threads):
             bench("stories260K F32 (real)", ["--model", model], b, t, gen=128, prompt=64)
 
+    bw_runs = {1: [], 2: []}
+    for rnd in range(args.rounds):
+        for t in (1, 2):
+            bw_runs[t].append(run([membw, "--threads", str(t), "--mib", "1024"])["read_gb_s"])
+        for r in rows:
+            res = run(r["argv"])
+            r.setdefault("runs", []).append(res)
+            print(f"round {rnd + 1}/{args.rounds} {r['label']:34s} b{r['batch']:<3d} t{r['threads']} "
+                  f"prefill {res['prefill_tok_s']:9.1f} decode {res['decode_tok_s']:9.1f} "
+                  f"{res['weight_bytes']/1e6:8.2f} MB/tok {res['decode_gb_s']:6.2f} GB/s", flush=True)
+    bw = {t: statistics.median(v) for t, v in bw_runs.items()}
+    for r in rows:
+        runs = r.pop("runs")
+        r.update(runs[0])
+        for key in ("prefill_tok_s", "decode_tok_s", "decode_gb_s"):
+            r[key] = statistics.median(x[key] for x in runs)
+            r[key + "_range"] = (min(x[key] for x in runs), max(x[key] for x in runs))
+
     def find(label, b, t):
         for r in rows:
             if r["label"] == label and r["batch"] == b and r["threads"] == t:
@@ -122,20 +144,23 @@ def main():
         lines.append("")
         lines.append(args.note)
     lines.append("")
-    lines.append("Prefill: each sequence feeds 64 random tokens in one step; decode: 128 steps (64 at batch 16) of "
-                 "one token per sequence; median of 3 runs after a warm-up. `MB/token` is weight bytes read per "
+    lines.append("Prefill: each sequence feeds 64 random tokens in one step (llama-bench pp64); decode: 128 steps "
+                 "(64 at batch 16) of one token per sequence, starting from an empty KV cache (`--decode-context 0`, "
+                 "as llama-bench's tg test). Each `eora bench` call reports the median of 3 runs after a warm-up; "
+                 f"every configuration was run {args.rounds} times, round-robin over all rows, and the table gives "
+                 "the median of those, with the slowest and fastest decode in brackets. `MB/token` is weight bytes read per "
                  "decode step (linear layers, output projection, one embedding row); GB/s = MB/step x steps/s. "
                  "Weights of stories110M shape (dim 768, 12 layers, 12 heads, FFN 2048, vocab 32000) are random "
                  "from a seed (`--synthetic stories110m`); quantized formats are group-wise RTN, group 64, "
                  "F16 scale and min per group, output projection quantized too.")
     lines.append("")
-    lines.append("| model | weights | batch | threads | prefill tok/s | decode tok/s | MB/token | decode GB/s |")
+    lines.append("| model | weights | batch | threads | prefill tok/s | decode tok/s [range] | MB/token | decode GB/s |")
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "rank" in r["label"]:
             continue
         lines.append(f"| {r['label'].split(' ')[0]} | {' '.join(r['label'].split(' ')[1:])} | {r['batch']} | {r['threads']} | "
-                     f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.0f} | {r['weight_bytes']/1e6:.2f} | {r['decode_gb_s']:.1f} |")
+                     f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.0f} [{r['decode_tok_s_range'][0]:.0f}-{r['decode_tok_s_range'][1]:.0f}] | {r['weight_bytes']/1e6:.2f} | {r['decode_gb_s']:.1f} |")
     lines.append("")
     lines.append("### Against llama.cpp (batch 1, 2 threads, stories110M shapes)")
     lines.append("")
