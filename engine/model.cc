@@ -72,6 +72,11 @@ inline float ExpApprox(float x) {
 
 typedef float V8 __attribute__((vector_size(32)));
 
+// The 8-wide helpers below are internal and inlined into the target_clones
+// functions; GCC's note that a 32-byte vector return would change the ABI of the
+// non-AVX clone does not apply to anything callable from outside this file.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 inline V8 LoadV8(const float* p) {
   V8 v;
   std::memcpy(&v, p, sizeof(v));
