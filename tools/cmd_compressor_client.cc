@@ -25,6 +25,12 @@ void TargetFlag(Args& args) {
   args.Switch("json", "print the result as JSON (protobuf JSON mapping)");
 }
 
+// The flags of the commands about one job: --target, --json and --id.
+void JobIdFlags(Args& args) {
+  TargetFlag(args);
+  args.Flag("id", "JOB", "", "job id (required)");
+}
+
 std::unique_ptr<eora::v1::CompressionService::Stub> Connect(const Args& args) {
   return eora::v1::CompressionService::NewStub(
       grpc::CreateChannel(args.Str("target"), grpc::InsecureChannelCredentials()));
@@ -92,6 +98,15 @@ void PrintJobSummary(const eora::v1::Job& j) {
   for (const auto& w : j.warnings()) std::printf("  warning: %s\n", w.c_str());
 }
 
+// Prints a job: as JSON (--json), else with `text` (one line by default).
+void PrintJob(const eora::v1::Job& j, bool json,
+              void (*text)(const eora::v1::Job&) = PrintJobLine) {
+  if (json)
+    std::printf("%s\n", Json(j).c_str());
+  else
+    text(j);
+}
+
 // Streams WatchJob to the end; exit 0 if the job succeeded.
 int Watch(const std::string& cmd, eora::v1::CompressionService::Stub* stub, const std::string& id,
           bool json) {
@@ -116,10 +131,7 @@ int Watch(const std::string& cmd, eora::v1::CompressionService::Stub* stub, cons
   grpc::Status s = reader->Finish();
   if (!s.ok()) return RpcFail(cmd, s);
   if (!any) return Fail(cmd, absl::InternalError("the stream ended without a job"));
-  if (json)
-    std::printf("%s\n", Json(last).c_str());
-  else
-    PrintJobSummary(last);
+  PrintJob(last, json, PrintJobSummary);
   return last.state() == eora::v1::JOB_STATE_SUCCEEDED ? 0 : 1;
 }
 
@@ -279,10 +291,7 @@ int RunCreateJob(int argc, char** argv) {
   grpc::Status s = stub->CreateAdapterJob(&ctx, req, &job);
   if (!s.ok()) return RpcFail(cmd, s);
   if (args.Has("watch")) return Watch(cmd, stub.get(), job.id(), args.Has("json"));
-  if (args.Has("json"))
-    std::printf("%s\n", Json(job).c_str());
-  else
-    PrintJobLine(job);
+  PrintJob(job, args.Has("json"));
   return 0;
 }
 
@@ -292,8 +301,7 @@ int RunWatchJob(int argc, char** argv) {
             "Follows an eora-compressor job (WatchJob): progress lines on stderr (stage, layer i\n"
             "of N, elapsed, ETA), then the result (adapter, quality profile, warnings). Exit 0\n"
             "if the job succeeded, 1 if it failed or was cancelled.");
-  TargetFlag(args);
-  args.Flag("id", "JOB", "", "job id (required)");
+  JobIdFlags(args);
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
   if (!args.Has("id")) return UsageError(cmd, "--id is required");
@@ -344,8 +352,7 @@ int RunCancelJob(int argc, char** argv) {
   Args args(cmd,
             "Cancels an eora-compressor job: a queued one at once, a running one at its next\n"
             "layer boundary (watch-job shows the end).");
-  TargetFlag(args);
-  args.Flag("id", "JOB", "", "job id (required)");
+  JobIdFlags(args);
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
   if (!args.Has("id")) return UsageError(cmd, "--id is required");
@@ -356,10 +363,7 @@ int RunCancelJob(int argc, char** argv) {
   eora::v1::Job job;
   grpc::Status s = stub->CancelJob(&ctx, req, &job);
   if (!s.ok()) return RpcFail(cmd, s);
-  if (args.Has("json"))
-    std::printf("%s\n", Json(job).c_str());
-  else
-    PrintJobLine(job);
+  PrintJob(job, args.Has("json"));
   return 0;
 }
 
