@@ -11,6 +11,16 @@ std::string DefaultThreadsString() {
   return std::to_string(n == 0 ? 1 : n);
 }
 
+void LayerwiseOutputFlags(Args& args, const std::string& out_help) {
+  args.Flag("out", "DIR", "", out_help);
+  args.Switch("one-pass",
+              "collect a layer's inputs in one forward pass (faster; default: one pass per module "
+              "group {q,k,v}, {o}, {gate,up}, {down}, each after the previous groups are processed)");
+  args.Switch("overwrite", "replace an existing output directory");
+  args.Flag("threads", "N", DefaultThreadsString(), "worker threads");
+  args.Switch("json", "print a JSON summary on stdout");
+}
+
 bool ParseOrExit(Args& args, int argc, char** argv, int* rc) {
   std::string err;
   if (!args.Parse(argc, argv, 2, &err)) {

@@ -10,6 +10,10 @@ namespace eora::cli {
 
 // Hardware threads, as a string default for --threads.
 std::string DefaultThreadsString();
+// Declares the last flags of the commands that write a directory layer by layer
+// (compress, fit-adapter): --out (help: out_help), --one-pass, --overwrite,
+// --threads and --json.
+void LayerwiseOutputFlags(Args& args, const std::string& out_help);
 // Parses flags; on --help prints help to stdout and sets *rc = 0; on error prints
 // the error and usage hint to stderr and sets *rc = 2. Returns true to continue.
 bool ParseOrExit(Args& args, int argc, char** argv, int* rc);

@@ -58,13 +58,7 @@ int RunCompress(int argc, char** argv) {
   args.Flag("caldera-bits", "B", "4", "CALDERA: bits of L and R");
   args.Flag("caldera-iters", "N", "20", "CALDERA: outer iterations");
   args.Flag("adapter-out", "DIR", "", "CALDERA: where L, R go (default: OUT-lr)");
-  args.Flag("out", "DIR", "", "output directory (required; must not exist unless --overwrite)");
-  args.Switch("one-pass",
-              "collect a layer's inputs in one forward pass (faster; default: one pass per module "
-              "group {q,k,v}, {o}, {gate,up}, {down}, each after the previous groups are processed)");
-  args.Switch("overwrite", "replace an existing output directory");
-  args.Flag("threads", "N", DefaultThreadsString(), "worker threads");
-  args.Switch("json", "print a JSON summary on stdout");
+  LayerwiseOutputFlags(args, "output directory (required; must not exist unless --overwrite)");
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
   std::string err;

@@ -37,13 +37,8 @@ int RunFitAdapter(int argc, char** argv) {
   args.Flag("heldout-seqs", "N", "16", "further sequences kept out of the fit for the profile");
   args.Flag("seq-len", "L", "256", "tokens per calibration sequence, BOS included");
   args.Flag("profile-ranks", "LIST", "", "comma-separated ranks for the profile (default 1,2,4,...,R)");
-  args.Flag("out", "DIR", "", "adapter directory to write (required; must not exist unless --overwrite)");
-  args.Switch("one-pass",
-              "collect a layer's inputs in one forward pass (faster; default: one pass per module "
-              "group {q,k,v}, {o}, {gate,up}, {down}, each after the previous groups are processed)");
-  args.Switch("overwrite", "replace an existing output directory");
-  args.Flag("threads", "N", DefaultThreadsString(), "worker threads");
-  args.Switch("json", "print a JSON summary on stdout");
+  LayerwiseOutputFlags(args,
+                       "adapter directory to write (required; must not exist unless --overwrite)");
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
   for (const char* f : {"model", "compressed", "rank", "calib", "out"})
