@@ -1,9 +1,11 @@
 #include "daemon/daemon.h"
 
+#include <chrono>
 #include <csignal>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "daemon/http_server.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 
@@ -123,6 +125,24 @@ const char* WaitForShutdownSignal() {
   int sig = 0;
   sigwait(&sigs, &sig);
   return sig == SIGTERM ? "SIGTERM" : "SIGINT";
+}
+
+void LogListening(const LogFn& log, const ListenAddresses& listen, int grpc_port, int http_port) {
+  log("gRPC listening on " + listen.grpc_host + ":" + std::to_string(grpc_port));
+  log("HTTP listening on " + listen.http_host + ":" + std::to_string(http_port) +
+      " (/metrics /healthz /readyz)");
+}
+
+void WaitAndDrain(const LogFn& log, const std::string& grace, std::atomic<bool>* ready,
+                  grpc::Server* server, HttpServer* http, const std::function<void()>& drain) {
+  const char* sig = WaitForShutdownSignal();
+  log(std::string("received ") + sig + ", draining (grace " + grace + " s)");
+  *ready = false;
+  server->GetHealthCheckService()->SetServingStatus(false);
+  drain();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  http->Stop();
+  log("drained; exiting");
 }
 
 }  // namespace eora::daemon

@@ -7,6 +7,8 @@
 // signal handler), then drain and stop the servers from that normal thread.
 #pragma once
 
+#include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,6 +18,8 @@
 #include "grpcpp/grpcpp.h"
 
 namespace eora::daemon {
+
+class HttpServer;
 
 // Splits "HOST:PORT" ("[::1]:80" for IPv6; empty host = 0.0.0.0); INVALID_ARGUMENT
 // naming `flag`.
@@ -48,5 +52,18 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
 void BlockShutdownSignals();
 // Waits for SIGTERM or SIGINT; returns its name.
 const char* WaitForShutdownSignal();
+
+// Writes one line of the daemon's log ("<daemon>: <msg>" on stderr).
+using LogFn = std::function<void(const std::string&)>;
+// Logs where the started servers listen: "gRPC listening on HOST:PORT" and
+// "HTTP listening on HOST:PORT (/metrics /healthz /readyz)" (tests read these).
+void LogListening(const LogFn& log, const ListenAddresses& listen, int grpc_port, int http_port);
+// The shutdown of a started daemon, on the main thread: waits for SIGTERM or
+// SIGINT, logs "received SIG, draining (grace <grace> s)", marks the daemon not
+// ready (*ready, read by /readyz, and the gRPC health service), runs `drain` (the
+// daemon's own: in-flight work within its grace period), stops the gRPC server
+// (2 s for what is left) and the HTTP server, and logs "drained; exiting".
+void WaitAndDrain(const LogFn& log, const std::string& grace, std::atomic<bool>* ready,
+                  grpc::Server* server, HttpServer* http, const std::function<void()>& drain);
 
 }  // namespace eora::daemon

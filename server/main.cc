@@ -102,9 +102,6 @@ int main(int argc, char** argv) {
     return Usage("a numeric flag is out of range (see --help)");
   auto listen = eora::daemon::ParseListenFlags(args.Str("listen"), args.Str("http-listen"));
   if (!listen.ok()) return Usage(std::string(listen.status().message()));
-  const std::string& grpc_host = listen->grpc_host;
-  const std::string& http_host = listen->http_host;
-  const int grpc_port = listen->grpc_port, http_port = listen->http_port;
   std::error_code ec;
   const std::string store = args.Str("adapter-store");
   if (!std::filesystem::is_directory(store, ec))
@@ -178,18 +175,17 @@ int main(int argc, char** argv) {
   eora::server::InferenceServiceImpl inference(&core, &metrics);
   eora::server::AdapterServiceImpl adapters(&registry, &metrics);
   int bound_grpc = 0;
-  auto started = eora::daemon::StartGrpcServer(grpc_host, grpc_port, {&inference, &adapters},
-                                               &bound_grpc);
+  auto started = eora::daemon::StartGrpcServer(listen->grpc_host, listen->grpc_port,
+                                               {&inference, &adapters}, &bound_grpc);
   if (!started.ok()) {
     Log(std::string(started.status().message()));
     return 1;
   }
   std::unique_ptr<grpc::Server> server = std::move(*started);
-  auto* health = server->GetHealthCheckService();
 
   std::atomic<bool> ready{true};
   eora::daemon::HttpServer http(prom, [&] { return ready.load(); });
-  auto http_bound = http.Start(http_host, http_port);
+  auto http_bound = http.Start(listen->http_host, listen->http_port);
   if (!http_bound.ok()) {
     Log(http_bound.status().ToString());
     server->Shutdown();
@@ -199,18 +195,9 @@ int main(int argc, char** argv) {
       std::to_string(model.config().dim) + ", context " + std::to_string(model.config().max_seq_len) +
       "; adapter store " + store + "; " + std::to_string(threads) + " threads, batch " +
       std::to_string(max_running));
-  Log("gRPC listening on " + grpc_host + ":" + std::to_string(bound_grpc));
-  Log("HTTP listening on " + http_host + ":" + std::to_string(*http_bound) +
-      " (/metrics /healthz /readyz)");
+  eora::daemon::LogListening(Log, *listen, bound_grpc, *http_bound);
 
-  const char* sig = eora::daemon::WaitForShutdownSignal();
-  Log(std::string("received ") + sig + ", draining (grace " +
-      args.Str("grace-period-s") + " s)");
-  ready = false;
-  health->SetServingStatus(false);
-  scheduler.Drain(absl::Seconds(grace));
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  http.Stop();
-  Log("drained; exiting");
+  eora::daemon::WaitAndDrain(Log, args.Str("grace-period-s"), &ready, server.get(), &http,
+                             [&] { scheduler.Drain(absl::Seconds(grace)); });
   return 0;
 }

@@ -97,9 +97,6 @@ int main(int argc, char** argv) {
     return Usage("a numeric flag is out of range (see --help)");
   auto listen = eora::daemon::ParseListenFlags(args.Str("listen"), args.Str("http-listen"));
   if (!listen.ok()) return Usage(std::string(listen.status().message()));
-  const std::string& grpc_host = listen->grpc_host;
-  const std::string& http_host = listen->http_host;
-  const int grpc_port = listen->grpc_port, http_port = listen->http_port;
 
   svc::CoreOptions opt;
   opt.adapter_store = args.Str("store");
@@ -162,7 +159,8 @@ int main(int argc, char** argv) {
 
   svc::CompressionServiceImpl service(&core, &metrics);
   int bound_grpc = 0;
-  auto server = eora::daemon::StartGrpcServer(grpc_host, grpc_port, {&service}, &bound_grpc);
+  auto server = eora::daemon::StartGrpcServer(listen->grpc_host, listen->grpc_port, {&service},
+                                                   &bound_grpc);
   if (!server.ok()) {
     Log(std::string(server.status().message()));
     core.Drain(absl::ZeroDuration());
@@ -170,7 +168,7 @@ int main(int argc, char** argv) {
   }
   std::atomic<bool> ready{true};
   eora::daemon::HttpServer http(prom, [&] { return ready.load(); });
-  auto http_bound = http.Start(http_host, http_port);
+  auto http_bound = http.Start(listen->http_host, listen->http_port);
   if (!http_bound.ok()) {
     Log(http_bound.status().ToString());
     (*server)->Shutdown();
@@ -184,17 +182,9 @@ int main(int argc, char** argv) {
       "; " + std::to_string(workers) + " worker(s), queue " + std::to_string(max_queue) + ", " +
       std::to_string(threads) + " thread(s) per job" +
       (opt.publish_to.empty() ? "" : "; publishing to " + args.Str("publish-to")));
-  Log("gRPC listening on " + grpc_host + ":" + std::to_string(bound_grpc));
-  Log("HTTP listening on " + http_host + ":" + std::to_string(*http_bound) +
-      " (/metrics /healthz /readyz)");
+  eora::daemon::LogListening(Log, *listen, bound_grpc, *http_bound);
 
-  const char* sig = eora::daemon::WaitForShutdownSignal();
-  Log(std::string("received ") + sig + ", draining (grace " + args.Str("grace-period-s") + " s)");
-  ready = false;
-  (*server)->GetHealthCheckService()->SetServingStatus(false);
-  core.Drain(absl::Seconds(grace));
-  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  http.Stop();
-  Log("drained; exiting");
+  eora::daemon::WaitAndDrain(Log, args.Str("grace-period-s"), &ready, server->get(), &http,
+                             [&] { core.Drain(absl::Seconds(grace)); });
   return 0;
 }
