@@ -1,12 +1,6 @@
 #include "engine/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <bit>
-#include <cerrno>
 #include <cstring>
 #include <limits>
 
@@ -328,42 +322,17 @@ std::string GgufTensorInfo::DimsString() const {
 absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
   std::unique_ptr<GgufFile> f(new GgufFile());
   f->path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    const std::string msg = absl::StrCat(path, ": cannot open: ", std::strerror(err));
-    return err == ENOENT ? absl::NotFoundError(msg) : absl::InvalidArgumentError(msg);
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
-  }
-  f->size_ = static_cast<uint64_t>(st.st_size);
-  if (f->size_ < 24) {
-    ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": truncated GGUF file: ", f->size_,
-                                                   " bytes, shorter than the 24-byte header"));
-  }
-  void* m = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int err = errno;
-  ::close(fd);
-  if (m == MAP_FAILED)
-    return absl::InternalError(absl::StrCat(path, ": mmap failed: ", std::strerror(err)));
-  f->base_ = static_cast<const uint8_t*>(m);
+  ASSIGN_OR_RETURN(f->file_, MappedFile::Open(path, 24, "GGUF", "24-byte header"));
   RETURN_IF_ERROR(f->Parse());
   return f;
 }
 
-GgufFile::~GgufFile() {
-  if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), size_);
-}
-
 absl::Status GgufFile::Parse() {
-  Cursor c(path_, base_, size_);
-  if (std::memcmp(base_, "GGUF", 4) != 0) {
+  Cursor c(path_, file_.data(), file_.size());
+  if (std::memcmp(file_.data(), "GGUF", 4) != 0) {
     std::string got;
-    for (int k = 0; k < 4; ++k) absl::StrAppend(&got, k ? " " : "", static_cast<int>(base_[k]));
+    for (int k = 0; k < 4; ++k)
+      absl::StrAppend(&got, k ? " " : "", static_cast<int>(file_.data()[k]));
     return absl::InvalidArgumentError(
         absl::StrCat(path_, ": not a GGUF file (magic bytes ", got, ", expected \"GGUF\")"));
   }
@@ -378,10 +347,11 @@ absl::Status GgufFile::Parse() {
   // least 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset) bytes.
   if (n_kv > c.remaining() / 13)
     return absl::InvalidArgumentError(absl::StrCat(
-        path_, ": metadata count ", n_kv, " is impossible for a file of ", size_, " bytes"));
+        path_, ": metadata count ", n_kv, " is impossible for a file of ", file_.size(), " bytes"));
   if (n_tensors > c.remaining() / 24)
-    return absl::InvalidArgumentError(absl::StrCat(
-        path_, ": tensor count ", n_tensors, " is impossible for a file of ", size_, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": tensor count ", n_tensors,
+                                                   " is impossible for a file of ", file_.size(),
+                                                   " bytes"));
 
   key_order_.reserve(n_kv);
   for (uint64_t k = 0; k < n_kv; ++k) {
@@ -457,18 +427,18 @@ absl::Status GgufFile::Parse() {
   // The data section starts at the next multiple of the alignment.
   const uint64_t header_end = c.pos();
   data_offset_ = (header_end + alignment_ - 1) / alignment_ * alignment_;
-  if (data_offset_ > size_ && !tensors_.empty())
+  if (data_offset_ > file_.size() && !tensors_.empty())
     return absl::InvalidArgumentError(absl::StrCat(path_, ": truncated GGUF file: data section at ",
                                                    data_offset_, " is past the end of the file (",
-                                                   size_, " bytes)"));
-  const uint64_t data_size = data_offset_ <= size_ ? size_ - data_offset_ : 0;
+                                                   file_.size(), " bytes)"));
+  const uint64_t data_size = data_offset_ <= file_.size() ? file_.size() - data_offset_ : 0;
   for (GgufTensorInfo& t : tensors_) {
     if (t.offset > data_size || t.byte_size > data_size - t.offset)
       return absl::InvalidArgumentError(absl::StrCat(
           path_, ": tensor '", t.name, "' data [", t.offset, ", +", t.byte_size,
           ") relative to the data section at ", data_offset_, " extends past the end of the file (",
-          size_, " bytes; truncated or bad offset)"));
-    t.data = base_ + data_offset_ + t.offset;
+          file_.size(), " bytes; truncated or bad offset)"));
+    t.data = file_.data() + data_offset_ + t.offset;
   }
   return absl::OkStatus();
 }

@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/dtype.h"
+#include "engine/mapped_file.h"
 
 namespace eora {
 
@@ -92,7 +93,6 @@ class GgufFile {
  public:
   // Maps and validates `path`. Errors name the file and what is wrong with it.
   static absl::StatusOr<std::unique_ptr<GgufFile>> Open(const std::string& path);
-  ~GgufFile();
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
 
@@ -100,7 +100,7 @@ class GgufFile {
   uint32_t version() const { return version_; }
   uint64_t alignment() const { return alignment_; }
   uint64_t data_offset() const { return data_offset_; }  // absolute file offset of tensor data
-  uint64_t file_size() const { return size_; }
+  uint64_t file_size() const { return file_.size(); }
 
   // ---- Metadata ----
   // Keys in file order.
@@ -132,8 +132,7 @@ class GgufFile {
   absl::StatusOr<const GgufValue*> Lookup(std::string_view key, const char* wanted) const;
 
   std::string path_;
-  const uint8_t* base_ = nullptr;
-  uint64_t size_ = 0;
+  MappedFile file_;
   uint32_t version_ = 0;
   uint64_t alignment_ = 32;
   uint64_t data_offset_ = 0;

@@ -1,8 +1,6 @@
 #include "engine/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -155,49 +153,22 @@ std::string SafetensorsTensor::ShapeString() const {
 absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
   std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    const std::string msg = absl::StrCat(path, ": cannot open: ", ErrnoText(err));
-    return err == ENOENT ? absl::NotFoundError(msg) : absl::InvalidArgumentError(msg);
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
-  }
-  f->size_ = static_cast<uint64_t>(st.st_size);
-  if (f->size_ < 8) {
-    ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": truncated safetensors file: ", f->size_,
-                     " bytes, shorter than the 8-byte header length"));
-  }
-  void* m = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int err = errno;
-  ::close(fd);
-  if (m == MAP_FAILED)
-    return absl::InternalError(absl::StrCat(path, ": mmap failed: ", ErrnoText(err)));
-  f->base_ = static_cast<const uint8_t*>(m);
+  ASSIGN_OR_RETURN(f->file_, MappedFile::Open(path, 8, "safetensors", "8-byte header length"));
   RETURN_IF_ERROR(f->Parse());
   return f;
 }
 
-SafetensorsFile::~SafetensorsFile() {
-  if (base_ != nullptr) ::munmap(const_cast<uint8_t*>(base_), size_);
-}
-
 absl::Status SafetensorsFile::Parse() {
   uint64_t n;
-  std::memcpy(&n, base_, 8);
+  std::memcpy(&n, file_.data(), 8);
   if (n < 2 || n > kMaxHeaderSize)
     return absl::InvalidArgumentError(absl::StrCat(
         path_, ": safetensors header length ", n, " is invalid (must be 2..", kMaxHeaderSize, ")"));
-  if (n > size_ - 8)
-    return absl::InvalidArgumentError(absl::StrCat(path_,
-                                                   ": truncated safetensors file: header of ", n,
-                                                   " bytes but the file has ", size_, " bytes"));
-  const char* hb = reinterpret_cast<const char*>(base_ + 8);
+  if (n > file_.size() - 8)
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": truncated safetensors file: header of ", n,
+                     " bytes but the file has ", file_.size(), " bytes"));
+  const char* hb = reinterpret_cast<const char*>(file_.data() + 8);
   if (hb[0] != '{')
     return absl::InvalidArgumentError(
         absl::StrCat(path_, ": safetensors header does not start with '{'"));
@@ -212,7 +183,7 @@ absl::Status SafetensorsFile::Parse() {
     return absl::InvalidArgumentError(
         absl::StrCat(path_, ": safetensors header is not a JSON object"));
   const uint64_t data_start = 8 + n;
-  const uint64_t data_size = size_ - data_start;
+  const uint64_t data_size = file_.size() - data_start;
   std::vector<uint64_t> begins;
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string& name = it.key();
@@ -274,7 +245,7 @@ absl::Status SafetensorsFile::Parse() {
       return absl::InvalidArgumentError(absl::StrCat(
           tn, ": data_offsets [", begin, ", ", end, "] hold ", end - begin, " bytes but shape ",
           t.ShapeString(), " of ", t.dtype_name, " needs ", count * es));
-    t.data = base_ + data_start + begin;
+    t.data = file_.data() + data_start + begin;
     t.byte_size = end - begin;
     begins.push_back(begin);
     tensors_.push_back(std::move(t));

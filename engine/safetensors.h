@@ -30,6 +30,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/dtype.h"
+#include "engine/mapped_file.h"
 
 namespace eora {
 
@@ -52,7 +53,6 @@ class SafetensorsFile {
  public:
   // Maps and validates `path`. Errors name the file (and tensor).
   static absl::StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
-  ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
@@ -70,8 +70,7 @@ class SafetensorsFile {
   absl::Status Parse();
 
   std::string path_;
-  const uint8_t* base_ = nullptr;
-  uint64_t size_ = 0;
+  MappedFile file_;
   std::vector<SafetensorsTensor> tensors_;
   std::unordered_map<std::string, size_t> index_;
   std::map<std::string, std::string> metadata_;
