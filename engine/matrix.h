@@ -86,7 +86,7 @@ class Matrix {
   virtual bool WantsQuantizedInput() const { return false; }
   // Preferred granularity of row ranges handed to MatMulRows (a multiple of it
   // keeps the kernel on its fast path); any range is still correct.
-  virtual int RowAlignment() const { return 8; }
+  virtual int RowAlignment() const { return 16; }
 
   // y[t * ldy + r] = sum_k W[r][k] * x[t][k] for t in [0, in.n), r in [r0, r1).
   virtual void MatMulRows(const MatMulInput& in, float* y, int ldy, int r0, int r1) const = 0;

@@ -657,13 +657,87 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
   add_residual();
 }
 
+// Steps whose multiply-adds per layer (tokens x linear weights of one layer) are
+// below this are split by sequence when the pool has several threads: their
+// per-operation parallel regions would last a few microseconds each, about what
+// waking and joining the workers costs.
+constexpr int64_t kShardMaxLayerWork = int64_t{1} << 22;
+
+int Model::ShardCount(std::span<const SequenceChunk> batch) const {
+  if (pool_ == nullptr || pool_->num_threads() < 2 || batch.size() < 2) return 1;
+  const ModelConfig& c = weights_->config;
+  int64_t tokens = 0;
+  for (const SequenceChunk& ch : batch) tokens += static_cast<int64_t>(ch.tokens.size());
+  const int64_t layer_macs = static_cast<int64_t>(c.dim) * (c.q_dim() + 2 * c.kv_dim()) +
+                             static_cast<int64_t>(c.q_dim()) * c.dim +
+                             3 * static_cast<int64_t>(c.dim) * c.ffn_dim;
+  if (tokens * layer_macs >= kShardMaxLayerWork) return 1;
+  return static_cast<int>(std::min<size_t>(batch.size(), static_cast<size_t>(pool_->num_threads())));
+}
+
 absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache,
                             std::vector<float>* logits) {
+  logits->clear();
+  const int shards = ShardCount(batch);
+  if (shards > 1) return ForwardSharded(batch, shards, cache, logits);
+  RETURN_IF_ERROR(Prepare(batch, cache));
+  Compute(batch, cache, logits);
+  for (const SequenceChunk& ch : batch) cache->Advance(ch.kv, static_cast<int>(ch.tokens.size()));
+  return absl::OkStatus();
+}
+
+absl::Status Model::ForwardSharded(std::span<const SequenceChunk> batch, int shards,
+                                   KvCache* cache, std::vector<float>* logits) {
+  while (static_cast<int>(shards_.size()) < shards) {
+    Shard s;
+    s.pool = std::make_unique<ThreadPool>(1);
+    s.model = std::make_unique<Model>(weights_, s.pool.get());
+    shards_.push_back(std::move(s));
+  }
+  // Contiguous runs of chunks with about equal token counts.
+  int64_t total = 0;
+  for (const SequenceChunk& ch : batch) total += static_cast<int64_t>(ch.tokens.size());
+  size_t next = 0;
+  int64_t done = 0;
+  for (int i = 0; i < shards; ++i) {
+    Shard& s = shards_[i];
+    s.begin = next;
+    const int64_t target = total * (i + 1) / shards;
+    const size_t must_leave = static_cast<size_t>(shards - 1 - i);  // one chunk per later shard
+    while (next < batch.size() - must_leave &&
+           (next == s.begin || done + static_cast<int64_t>(batch[next].tokens.size()) <= target))
+      done += static_cast<int64_t>(batch[next++].tokens.size());
+    if (i == shards - 1) next = batch.size();
+    s.end = next;
+  }
+  // Prepare (validate, reserve KV space) one shard after the other; on failure
+  // give back what the earlier shards reserved.
+  for (int i = 0; i < shards; ++i) {
+    const Shard& s = shards_[i];
+    absl::Status st = s.model->Prepare(batch.subspan(s.begin, s.end - s.begin), cache);
+    if (!st.ok()) {
+      for (size_t j = 0; j < s.begin; ++j) cache->Truncate(batch[j].kv, batch[j].kv->length());
+      return st;
+    }
+  }
+  // Shards write disjoint KV blocks and their own buffers.
+  pool_->ParallelFor(shards, 1, [&](int, int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      Shard& s = shards_[i];
+      s.model->Compute(batch.subspan(s.begin, s.end - s.begin), cache, &s.logits);
+    }
+  });
+  for (int i = 0; i < shards; ++i) logits->insert(logits->end(), shards_[i].logits.begin(), shards_[i].logits.end());
+  for (const SequenceChunk& ch : batch) cache->Advance(ch.kv, static_cast<int>(ch.tokens.size()));
+  return absl::OkStatus();
+}
+
+void Model::Compute(std::span<const SequenceChunk> batch, KvCache* cache,
+                    std::vector<float>* logits) {
   const ModelConfig& c = weights_->config;
   logits->clear();
-  RETURN_IF_ERROR(Prepare(batch, cache));
   const int T = T_;
-  if (T == 0) return absl::OkStatus();
+  if (T == 0) return;
   const int dim = c.dim;
   {
     int t = 0;
@@ -673,8 +747,6 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
   }
   for (int l = 0; l < c.n_layers; ++l)
     RunLayer(l, weights_->layers[l], nullptr, l, batch, cache, nullptr);
-
-  for (const SequenceChunk& ch : batch) cache->Advance(ch.kv, static_cast<int>(ch.tokens.size()));
 
   // ---- Logits for the rows that want them.
   std::vector<int> rows;
@@ -689,7 +761,7 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
       t += n;
     }
   }
-  if (rows.empty()) return absl::OkStatus();
+  if (rows.empty()) return;
   const int R = static_cast<int>(rows.size());
   last_.resize(static_cast<size_t>(R) * dim);
   for (int i = 0; i < R; ++i)
@@ -697,7 +769,6 @@ absl::Status Model::Forward(std::span<const SequenceChunk> batch, KvCache* cache
             c.norm_eps, last_.data() + static_cast<size_t>(i) * dim);
   logits->resize(static_cast<size_t>(R) * c.vocab_size);
   MatMul(*weights_->output, last_.data(), R, dim, logits->data(), c.vocab_size, pool_, &mm_);
-  return absl::OkStatus();
 }
 
 absl::Status Model::Embed(std::span<const int> tokens, float* hidden) const {

@@ -145,6 +145,9 @@ TEST(Model, BatchedEqualsSeparate) {
   std::vector<SequenceChunk> batch = {{&s1, t1, nullptr, 0, LogitsMode::kLast},
                                       {&s2, t2, nullptr, 0, LogitsMode::kAll},
                                       {&s3, t3, nullptr, 0, LogitsMode::kLast}};
+  // A tiny model with two threads: the step is split by sequence (one shard per
+  // thread), and must give what each sequence gives alone.
+  EXPECT_EQ(m.ShardCount(batch), 2);
   std::vector<float> logits;
   ASSERT_TRUE(m.Forward(batch, &cache, &logits).ok());
   const int V = 97;
@@ -212,6 +215,38 @@ TEST(Model, RejectsBadInputWithoutTouchingCache) {
   std::vector<int> one = {1};
   SequenceChunk r{&s, one, adapter->get(), 5, LogitsMode::kLast};
   EXPECT_EQ(m.Forward({&r, 1}, &cache, &logits).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Model, ShardedStepRejectsBadInputWithoutTouchingCache) {
+  auto w = TinyModel();
+  ThreadPool pool(2);
+  Model m(w, &pool);
+  KvCache cache(m.config(), 64);
+  KvSequence s1 = cache.NewSequence(), s2 = cache.NewSequence(), s3 = cache.NewSequence();
+  std::vector<int> ok = {1, 2, 3}, bad = {4, 97};
+  std::vector<SequenceChunk> batch = {{&s1, ok, nullptr, 0, LogitsMode::kLast},
+                                      {&s2, ok, nullptr, 0, LogitsMode::kLast},
+                                      {&s3, bad, nullptr, 0, LogitsMode::kLast}};
+  ASSERT_EQ(m.ShardCount(batch), 2);
+  std::vector<float> logits;
+  // The bad token is in the second shard: the first shard's reservation is undone.
+  EXPECT_EQ(m.Forward(batch, &cache, &logits).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(cache.free_blocks(), cache.total_blocks());
+  // Out of KV space in the second shard (64 positions: 3 x 30 do not fit).
+  std::vector<int> thirty(30, 3);
+  for (auto& ch : batch) ch.tokens = thirty;
+  EXPECT_EQ(m.Forward(batch, &cache, &logits).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(cache.free_blocks(), cache.total_blocks());
+  EXPECT_EQ(s1.length() + s2.length() + s3.length(), 0);
+  // A good step still runs and advances every sequence.
+  for (auto& ch : batch) ch.tokens = ok;
+  ASSERT_TRUE(m.Forward(batch, &cache, &logits).ok());
+  EXPECT_EQ(logits.size(), static_cast<size_t>(3 * 97));
+  EXPECT_EQ(s1.length() + s2.length() + s3.length(), 9);
+  // One thread never shards.
+  ThreadPool one(1);
+  Model m1(w, &one);
+  EXPECT_EQ(m1.ShardCount(batch), 1);
 }
 
 // Model whose linear weights are W + B[:, :r] A[:r] explicitly.

@@ -1,14 +1,13 @@
-// AVX-512 (F + BW + VL + DQ) kernels: quantized GEMV/GEMM for 2/3/4-bit codes and
-// the dense F32 product. Everything else is inherited from the AVX2 table (every
-// AVX-512 CPU has AVX2). Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq
-// -mavx2 -mfma -mf16c; only reached through the dispatch table on CPUs that have them.
-//
-// Deliberately simple: one output element at a time, two 32-code blocks per 512-bit
-// step, the same arithmetic as the portable kernel (integer block dot products,
-// then scale_g * d_b * dot + min_g * gsum_g). Internal linkage, raw pointers only.
+// AVX-512 (F + BW + VL + DQ) kernels: the dense F32 product. Everything else is
+// inherited from the AVX2 table (every AVX-512 CPU has AVX2); an entry is
+// overridden here only where it measured faster (docs/performance.md). Compiled
+// with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c; only reached
+// through the dispatch table on CPUs that have them. Internal linkage, raw
+// pointers only (see kernels.h).
 // GCC 12 reports false -Wmaybe-uninitialized inside its AVX-512 headers
 // (_mm512_undefined_* operands of inserts/converts).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <cstddef>
@@ -20,117 +19,131 @@
 namespace eora::cpu {
 namespace {
 
-inline float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
-
-inline uint64_t Load64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-inline uint32_t Load32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
-// 32 codes of one block in 32 bytes (same layouts as kernels_avx2.cc / docs/formats.md).
-template <int kBits>
-inline __m256i Unpack(const uint8_t* p) {
-  if constexpr (kBits == 4) {
-    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0F));
-  } else {
-    const __m256i v = _mm256_set1_epi64x(static_cast<long long>(Load64(p)));
-    const __m256i lo = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 2, 4, 6)), _mm256_set1_epi8(0x03));
-    if constexpr (kBits == 2) {
-      return lo;
-    } else {
-      const __m256i h = _mm256_set1_epi32(static_cast<int>(Load32(p + 8)));
-      const __m256i hb = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
-                                          _mm256_set1_epi8(0x01));
-      return _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));
-    }
-  }
-}
-
-inline float Hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-template <int kBits>
-float QuantDot(const QuantView& w, const QActView& x, int r, int t) {
-  constexpr int kBB = QuantBlockBytes(kBits);
-  const uint8_t* row = w.codes + static_cast<size_t>(r) * w.row_bytes;
-  const uint16_t* sc = w.scale + static_cast<size_t>(r) * w.groups;
-  const uint16_t* mn = w.min + static_cast<size_t>(r) * w.groups;
-  const int8_t* q = x.q + static_cast<size_t>(t) * x.padded_cols;
-  const float* d = x.d + static_cast<size_t>(t) * x.nb;
-  const float* gs = x.gsum + static_cast<size_t>(t) * x.groups;
-  const __m512i ones = _mm512_set1_epi16(1);
-  __m512 acc = _mm512_setzero_ps();
-  int b = 0;
-  for (; b + 2 <= w.blocks; b += 2) {
-    const __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(Unpack<kBits>(row + static_cast<size_t>(b) * kBB)),
-                                          Unpack<kBits>(row + static_cast<size_t>(b + 1) * kBB), 1);
-    const __m512i qv = _mm512_loadu_si512(q + 32 * b);
-    const __m512i dot = _mm512_madd_epi16(_mm512_maddubs_epi16(wv, qv), ones);
-    const float s0 = HalfToFloat(sc[b / w.bpg]) * d[b];
-    const float s1 = HalfToFloat(sc[(b + 1) / w.bpg]) * d[b + 1];
-    const __m512 sv = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(s0)), _mm256_set1_ps(s1), 1);
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sv, acc);
-  }
-  float total = _mm512_reduce_add_ps(acc);
-  if (b < w.blocks) {
-    const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + 32 * b));
-    const __m256i dot = _mm256_madd_epi16(
-        _mm256_maddubs_epi16(Unpack<kBits>(row + static_cast<size_t>(b) * kBB), qv), _mm256_set1_epi16(1));
-    total += Hsum256(_mm256_cvtepi32_ps(dot)) * (HalfToFloat(sc[b / w.bpg]) * d[b]);
-  }
-  for (int g = 0; g < w.groups; ++g) total += HalfToFloat(mn[g]) * gs[g];
-  return total;
-}
-
-template <int kBits>
-void QuantGemm(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
-  for (int r = r0; r < r1; ++r)
-    for (int t = 0; t < x.n; ++t) y[static_cast<size_t>(t) * ldy + r] = QuantDot<kBits>(w, x, r, t);
-}
-
-// Dense F32: one row against one activation row, 16 lanes, masked tail.
-void DenseGemmF32(const void* wp, int cols, int r0, int r1, const float* x, int n, int ldx, float* y, int ldy) {
-  const float* w = static_cast<const float*>(wp);
+// Dense F32, one activation row: one weight row at a time, 16 lanes, masked tail.
+void DenseGemvF32(const float* w, int cols, int r0, int r1, const float* x, float* y) {
   const int tail = cols % 16;
   const __mmask16 mask = static_cast<__mmask16>((1u << tail) - 1u);
   for (int r = r0; r < r1; ++r) {
     const float* wr = w + static_cast<size_t>(r) * cols;
-    for (int t = 0; t < n; ++t) {
-      const float* xt = x + static_cast<size_t>(t) * ldx;
-      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-      int k = 0;
-      for (; k + 32 <= cols; k += 32) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k), _mm512_loadu_ps(xt + k), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 16), _mm512_loadu_ps(xt + k + 16), a1);
-      }
-      if (k + 16 <= cols) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k), _mm512_loadu_ps(xt + k), a0);
-        k += 16;
-      }
-      if (tail != 0) a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, wr + k), _mm512_maskz_loadu_ps(mask, xt + k), a1);
-      y[static_cast<size_t>(t) * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= cols; k += 32) {
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k), _mm512_loadu_ps(x + k), a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k + 16), _mm512_loadu_ps(x + k + 16), a1);
     }
+    if (k + 16 <= cols) {
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wr + k), _mm512_loadu_ps(x + k), a0);
+      k += 16;
+    }
+    if (tail != 0) a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, wr + k), _mm512_maskz_loadu_ps(mask, x + k), a1);
+    y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  }
+}
+
+// In-register transpose: lane j of r[i] moves to lane i of r[j].
+inline void Transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {  // 128-bit blocks: a0 b0 a1 b1 / a2 b2 a3 b3
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // block L of r[4i + j]: rows 4i..4i+3 of column 4L + j
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int j = 0; j < 4; ++j) {
+    t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);        // rows 0-7: columns j, 8+j
+    t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);    // rows 0-7: columns 4+j, 12+j
+    t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);   // rows 8-15
+    t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+    r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+    r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
+  }
+}
+
+// xt[k][j] = x[j][k] for j < m (zero for m <= j < 16), k < cols.
+void TransposeActivations(const float* x, int ldx, int m, int cols, float* xt) {
+  const __m512 zero = _mm512_setzero_ps();
+  int k = 0;
+  for (; k + 16 <= cols; k += 16) {
+    __m512 r[16];
+    for (int j = 0; j < 16; ++j) r[j] = j < m ? _mm512_loadu_ps(x + static_cast<size_t>(j) * ldx + k) : zero;
+    Transpose16(r);
+    for (int i = 0; i < 16; ++i) _mm512_storeu_ps(xt + static_cast<size_t>(k + i) * 16, r[i]);
+  }
+  for (; k < cols; ++k)
+    for (int j = 0; j < 16; ++j) xt[static_cast<size_t>(k) * 16 + j] = j < m ? x[static_cast<size_t>(j) * ldx + k] : 0.f;
+}
+
+// Up to 16 weight rows [r, r + nrows) against 16 transposed activation rows:
+// each k broadcasts one weight per row against a vector of 16 activations (no
+// horizontal sums), then one 16x16 transpose turns the accumulators into rows
+// of y. A full tile addresses its rows in pairs (p, p + cols) from 8 pointers so
+// that they stay in general registers; a partial tile repeats its last row and
+// masks the extra columns out of the stores.
+template <bool kFull>
+void DenseTile16(const float* w, int cols, int r, int nrows, const float* xt, int m, float* y, int ldy) {
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  if constexpr (kFull) {
+    const size_t s = static_cast<size_t>(cols);
+    const float* p[8];
+    for (int j = 0; j < 8; ++j) p[j] = w + static_cast<size_t>(r + 2 * j) * s;
+    for (int k = 0; k < cols; ++k) {
+      const __m512 xv = _mm512_loadu_ps(xt + static_cast<size_t>(k) * 16);
+      for (int j = 0; j < 8; ++j) {
+        acc[2 * j] = _mm512_fmadd_ps(_mm512_set1_ps(p[j][0]), xv, acc[2 * j]);
+        acc[2 * j + 1] = _mm512_fmadd_ps(_mm512_set1_ps(p[j][s]), xv, acc[2 * j + 1]);
+        ++p[j];
+      }
+    }
+  } else {
+    const float* wr[16];
+    for (int i = 0; i < 16; ++i) wr[i] = w + static_cast<size_t>(r + (i < nrows ? i : nrows - 1)) * cols;
+    for (int k = 0; k < cols; ++k) {
+      const __m512 xv = _mm512_loadu_ps(xt + static_cast<size_t>(k) * 16);
+      for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(wr[i][k]), xv, acc[i]);
+    }
+  }
+  Transpose16(acc);
+  const __mmask16 mask = static_cast<__mmask16>(nrows >= 16 ? 0xFFFFu : (1u << nrows) - 1u);
+  for (int t = 0; t < m; ++t) _mm512_mask_storeu_ps(y + static_cast<size_t>(t) * ldy + r, mask, acc[t]);
+}
+
+// Products of 2..7 activation rows keep the AVX2 register tiles.
+void (*g_avx2_dense_f32)(const void*, int, int, int, const float*, int, int, float*, int) = nullptr;
+
+// Activation rows per call at or above which the transposed 16x16 tiles are used.
+constexpr int kTransposedMinRows = 8;
+
+void DenseGemmF32(const void* wp, int cols, int r0, int r1, const float* x, int n, int ldx, float* y, int ldy) {
+  const float* w = static_cast<const float*>(wp);
+  if (n == 1) return DenseGemvF32(w, cols, r0, r1, x, y);
+  if (n < kTransposedMinRows) return g_avx2_dense_f32(wp, cols, r0, r1, x, n, ldx, y, ldy);
+  float* xt = ScratchFloats(static_cast<size_t>(cols) * 16);
+  for (int t0 = 0; t0 < n; t0 += 16) {
+    const int m = n - t0 < 16 ? n - t0 : 16;
+    TransposeActivations(x + static_cast<size_t>(t0) * ldx, ldx, m, cols, xt);
+    float* yt = y + static_cast<size_t>(t0) * ldy;
+    int r = r0;
+    for (; r + 16 <= r1; r += 16) DenseTile16<true>(w, cols, r, 16, xt, m, yt, ldy);
+    if (r < r1) DenseTile16<false>(w, cols, r, r1 - r, xt, m, yt, ldy);
   }
 }
 
 }  // namespace
 
 void FillAvx512Kernels(KernelTable* t) {
+  g_avx2_dense_f32 = t->dense_gemm[kDenseF32];
   t->dense_gemm[kDenseF32] = DenseGemmF32;
-  t->quant_gemm[2] = QuantGemm<2>;
-  t->quant_gemm[3] = QuantGemm<3>;
-  t->quant_gemm[4] = QuantGemm<4>;
 }
 
 }  // namespace eora::cpu
