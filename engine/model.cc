@@ -296,6 +296,154 @@ __attribute__((always_inline)) inline void AttendVec(const float* q, const float
   }
 }
 
+// ---- 16-wide attention (AVX-512): one KV block of 16 positions per vector.
+
+typedef float V16 __attribute__((vector_size(64)));
+typedef int32_t I16 __attribute__((vector_size(64)));
+
+__attribute__((always_inline)) inline V16 LoadV16(const float* p) {
+  V16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// ExpNeg8 on 16 lanes (same operations).
+__attribute__((always_inline)) inline V16 ExpNeg16(V16 x) {
+  const V16 lo = V16{} - 87.33f;
+  const I16 under = x < lo;
+  x = x < lo ? lo : x;
+  const V16 magic = V16{} + 12582912.0f;
+  V16 n = x * 1.44269504088896341f + magic;
+  const I16 ni = (I16)n - (I16)magic;
+  n = n - magic;
+  V16 r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  V16 p = V16{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  I16 bits = (I16)p + (ni << 23);
+  bits = under ? I16{} : bits;
+  return (V16)bits;
+}
+
+__attribute__((always_inline)) inline V8 Lo8(V16 a) { return __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7); }
+__attribute__((always_inline)) inline V8 Hi8(V16 a) { return __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15); }
+
+// Lane j of the result is the sum of the lanes of a[j], for 16 vectors (a
+// transposing tree: 15 adds instead of 16 separate reductions).
+__attribute__((always_inline)) inline V16 Hsum16x16(const V16* a) {
+  V16 b[8], c[4], d[2];
+  for (int i = 0; i < 8; ++i)
+    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int i = 0; i < 4; ++i)
+    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  for (int i = 0; i < 2; ++i)
+    d[i] = __builtin_shufflevector(c[2 * i], c[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           __builtin_shufflevector(c[2 * i], c[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  return __builtin_shufflevector(d[0], d[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(d[0], d[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+// AttendVec with a whole 16-position block per vector: scores of a block for the
+// kG heads (each key row loaded once), a 16-wide exp, and the weighted values
+// with kG x kD accumulators reduced by one transposing tree per pass.
+template <int kHd, int kG>
+__attribute__((always_inline)) inline void AttendVec16(const float* q, const float* const* kb,
+                                                       const float* const* vb, int n, float scale,
+                                                       float* scores, float* out) {
+  constexpr int B = KvCache::kBlockTokens;
+  static_assert(B == 16 && 16 % kG == 0);
+  const int nblocks = (n + B - 1) / B;
+  const size_t stride = static_cast<size_t>(nblocks) * B;
+  const int last = n - (nblocks - 1) * B;
+  const I16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const I16 live = lane < last;
+  const V16 ninf = V16{} - INFINITY;
+  V16 mxv[kG];
+  for (int g = 0; g < kG; ++g) mxv[g] = ninf;
+  for (int blk = 0; blk < nblocks; ++blk) {
+    const float* kt = kb[blk];
+    V16 sc[kG];
+    for (int g = 0; g < kG; ++g) sc[g] = V16{};
+    for (int d = 0; d < kHd; ++d) {
+      const V16 kv = LoadV16(kt + static_cast<size_t>(d) * B);
+      for (int g = 0; g < kG; ++g) sc[g] += q[g * kHd + d] * kv;
+    }
+    for (int g = 0; g < kG; ++g) {
+      V16 v = sc[g] * scale;
+      if (blk == nblocks - 1) v = live ? v : ninf;
+      mxv[g] = mxv[g] > v ? mxv[g] : v;
+      std::memcpy(scores + g * stride + blk * B, &v, sizeof(V16));
+    }
+  }
+  float inv[kG];
+  for (int g = 0; g < kG; ++g) {
+    const V8 m8 = Lo8(mxv[g]) > Hi8(mxv[g]) ? Lo8(mxv[g]) : Hi8(mxv[g]);
+    const float mx = Hmax8(m8);
+    float* sc = scores + g * stride;
+    V16 sumv = V16{};
+    for (size_t p = 0; p < stride; p += B) {
+      const V16 e = ExpNeg16(LoadV16(sc + p) - mx);
+      sumv += e;
+      std::memcpy(sc + p, &e, sizeof(V16));
+    }
+    inv[g] = 1.0f / Hsum8(Lo8(sumv) + Hi8(sumv));
+  }
+  // Dims per pass: kG * kD <= 16 accumulators.
+  constexpr int kD = 16 / kG < kHd ? 16 / kG : kHd;
+  for (int d0 = 0; d0 < kHd; d0 += kD) {
+    V16 acc[16];
+    for (int j = 0; j < 16; ++j) acc[j] = V16{};
+    for (int blk = 0; blk < nblocks; ++blk) {
+      const float* vt = vb[blk] + static_cast<size_t>(d0) * B;
+      const bool full = blk < nblocks - 1;
+      V16 pw[kG];
+      for (int g = 0; g < kG; ++g) pw[g] = LoadV16(scores + g * stride + blk * B);
+      for (int j = 0; j < kD; ++j) {
+        V16 v = LoadV16(vt + static_cast<size_t>(j) * B);
+        if (!full) v = live ? v : V16{};  // stale slots: zero weight, maybe not finite
+        for (int g = 0; g < kG; ++g) acc[g * kD + j] += pw[g] * v;
+      }
+    }
+    const V16 o = Hsum16x16(acc);  // lane g * kD + j: head g, dim d0 + j
+    for (int g = 0; g < kG; ++g)
+      for (int j = 0; j < kD; ++j) out[g * kHd + d0 + j] = o[g * kD + j] * inv[g];
+  }
+}
+
+// The 16-wide paths, compiled for AVX-512 only. Returns false for shapes it does
+// not cover (the caller then takes the 8-wide paths).
+__attribute__((target("arch=x86-64-v4"))) bool AttendHeads16(const float* q, int hd, int group,
+                                                            const float* const* kb,
+                                                            const float* const* vb, int n,
+                                                            float scale, float* scores, float* out) {
+#define EORA_ATTEND16_G(HD)                                              \
+  switch (group) {                                                       \
+    case 1: AttendVec16<HD, 1>(q, kb, vb, n, scale, scores, out); return true; \
+    case 2: AttendVec16<HD, 2>(q, kb, vb, n, scale, scores, out); return true; \
+    case 4: AttendVec16<HD, 4>(q, kb, vb, n, scale, scores, out); return true; \
+    default: return false;                                               \
+  }
+  switch (hd) {
+    case 8: EORA_ATTEND16_G(8)
+    case 16: EORA_ATTEND16_G(16)
+    case 32: EORA_ATTEND16_G(32)
+    case 64: EORA_ATTEND16_G(64)
+    case 128: EORA_ATTEND16_G(128)
+    default: return false;
+  }
+#undef EORA_ATTEND16_G
+}
+
+const bool kHaveAvx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+
 // Attention of `group` query heads that share one KV head, over n cached
 // positions. q / out: the heads' head_dim vectors back to back. kb[i] / vb[i]
 // point at the KV head's keys / values in block i, stored dim-major: element d of
@@ -309,6 +457,7 @@ __attribute__((always_inline)) inline void AttendVec(const float* q, const float
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void AttendHeads(const float* q, int hd, int group, const float* const* kb,
                  const float* const* vb, int n, float scale, float* scores, float* out) {
+  if (kHaveAvx512 && AttendHeads16(q, hd, group, kb, vb, n, scale, scores, out)) return;
 #define EORA_ATTEND_G(NV)                                                                   \
   switch (group) {                                                                         \
     case 1: return AttendVec<NV, 1>(q, kb, vb, n, scale, scores, out);                     \
