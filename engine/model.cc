@@ -843,9 +843,21 @@ absl::Status Model::ForwardSharded(std::span<const SequenceChunk> batch, int sha
     s.model = std::make_unique<Model>(weights_, s.pool.get());
     shards_.push_back(std::move(s));
   }
-  // Contiguous runs of chunks with about equal token counts.
+  // Contiguous runs of chunks with about equal cost: the linear layers per token
+  // plus attention over the cached positions (sequences of a decode batch sit at
+  // different lengths).
+  const ModelConfig& c = weights_->config;
+  const int64_t layer_macs = static_cast<int64_t>(c.dim) * (c.q_dim() + 2 * c.kv_dim()) +
+                             static_cast<int64_t>(c.q_dim()) * c.dim +
+                             3 * static_cast<int64_t>(c.dim) * c.ffn_dim;
+  std::vector<int64_t> cost(batch.size());
   int64_t total = 0;
-  for (const SequenceChunk& ch : batch) total += static_cast<int64_t>(ch.tokens.size());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const int64_t n = static_cast<int64_t>(batch[i].tokens.size());
+    const int64_t ctx = batch[i].kv->length() + (n + 1) / 2;  // mean attended positions
+    cost[i] = n * (layer_macs + ctx * 2 * c.q_dim());
+    total += cost[i];
+  }
   size_t next = 0;
   int64_t done = 0;
   for (int i = 0; i < shards; ++i) {
@@ -853,9 +865,10 @@ absl::Status Model::ForwardSharded(std::span<const SequenceChunk> batch, int sha
     s.begin = next;
     const int64_t target = total * (i + 1) / shards;
     const size_t must_leave = static_cast<size_t>(shards - 1 - i);  // one chunk per later shard
+    // Take chunks while that brings the total closer to the target.
     while (next < batch.size() - must_leave &&
-           (next == s.begin || done + static_cast<int64_t>(batch[next].tokens.size()) <= target))
-      done += static_cast<int64_t>(batch[next++].tokens.size());
+           (next == s.begin || done + cost[next] / 2 <= target))
+      done += cost[next++];
     if (i == shards - 1) next = batch.size();
     s.end = next;
   }

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
+
+#include <pthread.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -28,7 +31,13 @@ using Clock = std::chrono::steady_clock;
 }  // namespace
 
 ThreadPool::ThreadPool(int num_threads) : num_threads_(std::max(1, num_threads)) {
-  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  for (int i = 1; i < num_threads_; ++i)
+    workers_.emplace_back([this, i] {
+      // Named for top -H, perf and gdb ("eora-pool-1", ...).
+      const std::string name = "eora-pool-" + std::to_string(i);
+      pthread_setname_np(pthread_self(), name.c_str());
+      WorkerLoop(i);
+    });
 }
 
 ThreadPool::~ThreadPool() {

@@ -1,3 +1,5 @@
+#include <pthread.h>
+
 #include "server/scheduler.h"
 
 #include <algorithm>
@@ -65,7 +67,10 @@ Scheduler::Scheduler(Model* model, const Tokenizer* tokenizer, SchedulerOptions 
   g.kv_cache_tokens = options_.kv_cache_tokens;
   gen_ = std::make_unique<Generator>(model_, g);
   total_blocks_ = gen_->cache().total_blocks();
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "eora-step");  // the serving loop, in top -H and perf
+    Loop();
+  });
 }
 
 Scheduler::~Scheduler() { Drain(absl::ZeroDuration()); }
