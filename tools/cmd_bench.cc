@@ -47,7 +47,7 @@ int RunBench(int argc, char** argv) {
             "tokens already in each sequence's KV cache when decode starts: -1 = the prompt "
             "(decode continues after prefill); 0 = none, as llama-bench's tg test; C > 0 = a fresh "
             "sequence after an untimed prefill of C tokens");
-  args.Flag("reps", "N", "3", "repetitions (median reported)");
+  args.Flag("reps", "N", "3", "timed repetitions after 0.3 s of warm-up (median reported)");
   args.Flag("seed", "S", "1", "seed of synthetic weights and random prompts");
   args.Switch("json", "print one JSON object instead of a table row");
   int rc = 0;
@@ -120,7 +120,12 @@ int RunBench(int argc, char** argv) {
   std::uniform_int_distribution<int> tok(3, c.vocab_size - 1);
   std::vector<double> prefill_s, decode_s;
   std::vector<float> logits;
-  for (int64_t rep = 0; rep < reps + 1; ++rep) {  // first run is a warm-up
+  // Warm-up runs (not timed) until 0.3 s have passed: caches, page faults, clock
+  // speed, and the BLAS threads that the linked compressor library spins up at
+  // process start (they busy-wait ~0.1 s on the other cores before sleeping).
+  const auto warm_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  bool warming = true;
+  for (int64_t rep = 0; rep < reps; ++rep) {
     std::vector<KvSequence> seqs;
     std::vector<std::vector<int>> prompts(batch);
     seqs.reserve(batch);
@@ -160,7 +165,11 @@ int RunBench(int argc, char** argv) {
     }
     const auto t2 = std::chrono::steady_clock::now();
     for (auto& s : seqs) cache.Free(&s);
-    if (rep == 0) continue;
+    if (warming) {
+      warming = std::chrono::steady_clock::now() < warm_until;
+      --rep;
+      continue;
+    }
     prefill_s.push_back(Seconds(t0, t1));
     decode_s.push_back(Seconds(t1, t2));
   }
