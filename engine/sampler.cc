@@ -17,15 +17,47 @@ absl::Status SamplingParams::Validate() const {
   return absl::OkStatus();
 }
 
-Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
-
-int Sampler::Sample(const float* logits, int vocab) {
-  if (params_.temperature <= 0.f) {
+int Argmax(const float* logits, int vocab) {
+  // Eight independent running maxima (lane j sees indices = j mod 8), then the
+  // largest of them with the smallest index on ties: the first maximum, as a
+  // single scan finds it, without a dependent compare per element. NaNs are
+  // never greater than anything and are skipped, as in a single scan (which
+  // returns 0 when logits[0] is NaN, or when nothing beats logits[0]).
+  constexpr int kL = 8;
+  if (vocab < 2 * kL || std::isnan(logits[0])) {
     int best = 0;
     for (int i = 1; i < vocab; ++i)
       if (logits[i] > logits[best]) best = i;
     return best;
   }
+  float bv[kL];
+  int bi[kL];
+  for (int j = 0; j < kL; ++j) {
+    bv[j] = -INFINITY;
+    bi[j] = vocab;  // none yet
+  }
+  int i = 0;
+  for (; i + kL <= vocab; i += kL)
+    for (int j = 0; j < kL; ++j)
+      if (logits[i + j] > bv[j]) {
+        bv[j] = logits[i + j];
+        bi[j] = i + j;
+      }
+  for (int j = 0; i + j < vocab; ++j)
+    if (logits[i + j] > bv[j]) {
+      bv[j] = logits[i + j];
+      bi[j] = i + j;
+    }
+  int best = 0;
+  for (int j = 1; j < kL; ++j)
+    if (bv[j] > bv[best] || (bv[j] == bv[best] && bi[j] < bi[best])) best = j;
+  return bi[best] < vocab ? bi[best] : 0;  // all -inf: the first
+}
+
+Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+
+int Sampler::Sample(const float* logits, int vocab) {
+  if (params_.temperature <= 0.f) return Argmax(logits, vocab);
   cand_.resize(vocab);
   for (int i = 0; i < vocab; ++i) cand_[i] = {logits[i], i};
   auto by_logit = [](const auto& a, const auto& b) {

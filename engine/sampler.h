@@ -22,6 +22,10 @@ struct SamplingParams {
   absl::Status Validate() const;
 };
 
+// Index of the largest logit (the first one on ties; NaNs are skipped unless
+// logits[0] is one). What greedy sampling returns.
+int Argmax(const float* logits, int vocab);
+
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);

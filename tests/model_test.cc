@@ -123,6 +123,24 @@ TEST(Sampler, GreedyAndSeeded) {
   }
 }
 
+TEST(Sampler, ArgmaxIsTheFirstMaximum) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> small(-3, 3);  // many ties
+  for (int vocab : {1, 2, 7, 15, 16, 17, 31, 512, 1001}) {
+    for (int trial = 0; trial < 50; ++trial) {
+      std::vector<float> v(vocab);
+      for (auto& x : v) x = static_cast<float>(small(rng));
+      if (trial % 5 == 1) v[rng() % vocab] = std::nanf("");
+      if (trial % 7 == 2) v[0] = std::nanf("");
+      if (trial % 11 == 3) std::fill(v.begin(), v.end(), -INFINITY);
+      int ref = 0;
+      for (int i = 1; i < vocab; ++i)
+        if (v[i] > v[ref]) ref = i;
+      ASSERT_EQ(Argmax(v.data(), vocab), ref) << "vocab " << vocab << " trial " << trial;
+    }
+  }
+}
+
 TEST(Sampler, ValidateNamesField) {
   SamplingParams p;
   p.temperature = -1;
