@@ -25,6 +25,9 @@ constexpr int64_t kChunksPerThread = 4;
 // How long an idle worker spins (pause) and then yields before it sleeps.
 constexpr auto kSpinTime = std::chrono::microseconds(200);
 constexpr auto kYieldTime = std::chrono::milliseconds(2);
+// How long the caller of ParallelFor spins for chunks still running on workers
+// before it blocks until they are done.
+constexpr auto kJoinSpinTime = std::chrono::microseconds(20);
 
 using Clock = std::chrono::steady_clock;
 
@@ -73,7 +76,8 @@ void ThreadPool::Work(uint32_t gen, int index) {
     const int64_t b = units * k / chunks * align;
     const int64_t e = std::min(n, units * (k + 1) / chunks * align);
     if (b < e) (*fn)(index, b, e);
-    done_.fetch_add(1, std::memory_order_acq_rel);
+    done_.fetch_add(1, std::memory_order_seq_cst);
+    if (joiner_waiting_.load(std::memory_order_seq_cst)) done_.notify_all();
   }
 }
 
@@ -131,13 +135,26 @@ void ThreadPool::ParallelFor(int64_t n, int64_t align, const RangeFn& fn) {
     cv_.notify_all();
   }
   Work(gen, 0);
-  // Wait for chunks that workers claimed and are still running.
-  for (int i = 0; done_.load(std::memory_order_acquire) != chunks; ++i) {
-    if (i < 4096) {
+  // Wait for chunks that workers claimed and are still running: spin briefly (a
+  // worker normally finishes within microseconds of the caller), then block. A
+  // worker that was preempted mid-chunk may wait a whole time slice for its core;
+  // blocking frees this core, so the kernel can move it (or whatever preempted
+  // it) here, where spinning would keep the core busy doing nothing.
+  const uint32_t want = static_cast<uint32_t>(chunks);
+  if (done_.load(std::memory_order_acquire) == want) return;
+  const Clock::time_point start = Clock::now();
+  for (int i = 0; done_.load(std::memory_order_acquire) != want; ++i) {
+    if ((i & 15) != 15) {
       EORA_PAUSE();
-    } else {
-      std::this_thread::yield();  // a worker may be descheduled: give it the core
+      continue;
     }
+    if (Clock::now() - start < kJoinSpinTime) continue;
+    joiner_waiting_.store(true, std::memory_order_seq_cst);
+    for (uint32_t d = done_.load(std::memory_order_seq_cst); d != want;
+         d = done_.load(std::memory_order_seq_cst))
+      done_.wait(d, std::memory_order_seq_cst);
+    joiner_waiting_.store(false, std::memory_order_relaxed);
+    break;
   }
 }
 

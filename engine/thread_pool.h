@@ -68,6 +68,7 @@ class ThreadPool {
   std::atomic<int64_t> units_{0};
   std::atomic<uint32_t> chunks_{0};
   std::atomic<uint32_t> done_{0};
+  std::atomic<bool> joiner_waiting_{false};  // the caller blocks in done_.wait
   uint32_t generation_ = 0;  // caller only
 
   std::mutex mu_;
