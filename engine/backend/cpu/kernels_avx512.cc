@@ -1,9 +1,11 @@
-// AVX-512 (F + BW + VL + DQ) kernels: the dense F32 product. Everything else is
-// inherited from the AVX2 table (every AVX-512 CPU has AVX2); an entry is
-// overridden here only where it measured faster (docs/performance.md). Compiled
-// with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c; only reached
-// through the dispatch table on CPUs that have them. Internal linkage, raw
-// pointers only (see kernels.h).
+// AVX-512 (F + BW + VL + DQ + VNNI + VBMI) kernels: the dense F32 product (16x16
+// register tiles) and the group-wise quantized products (two 32-code blocks per
+// vector, vpdpbusd). Everything else is inherited from the AVX2 table (every
+// AVX-512 CPU has AVX2); an entry is overridden here only where it measured faster
+// (docs/performance.md). Compiled with the flags of those extensions (see
+// engine/CMakeLists.txt); only reached through the dispatch table on CPUs that
+// have all of them (CpuHasAvx512). Internal linkage, raw pointers only (see
+// kernels.h).
 // GCC 12 reports false -Wmaybe-uninitialized inside its AVX-512 headers
 // (_mm512_undefined_* operands of inserts/converts).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -219,11 +221,281 @@ void DenseGemmF32(const void* wp, int cols, int r0, int r1, const float* x, int 
   }
 }
 
+// ---- Group-wise quantized, AVX-512 VNNI ------------------------------------------
+// Two 32-code blocks per 512-bit vector; vpdpbusd does the unsigned-code x int8
+// products and their sums of 4 in one instruction. Needs blocks paired with one
+// scale: the activation scale shared by aligned pairs (x.span even) and the weight
+// group too (bpg even, or one group per row); other layouts keep the AVX2 kernels.
+
+inline float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
+
+inline uint64_t Load64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+inline uint32_t Load32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Codes of the two blocks at p and p + QuantBlockBytes(kBits), code k of the pair
+// in byte k (layouts: docs/formats.md).
+template <int kBits>
+inline __m512i UnpackPair(const uint8_t* p) {
+  if constexpr (kBits == 4) {
+    // Bytes 0-15: codes 0-15 in the low nibbles, 16-31 in the high ones.
+    const __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    const __m512i d = _mm512_shuffle_i64x2(v, v, 0x50);  // 128-bit lanes: A A B B
+    return _mm512_and_si512(_mm512_srlv_epi64(d, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4)), _mm512_set1_epi8(0x0F));
+  } else {
+    constexpr int kBB = QuantBlockBytes(kBits);
+    // Low plane: 64-bit lane j of a block holds codes 8j..8j+7 at bits 2j..2j+1.
+    const __m128i lo2 = _mm_set_epi64x(static_cast<long long>(Load64(p + kBB)), static_cast<long long>(Load64(p)));
+    const __m512i l = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 0, 0, 0, 1, 1, 1, 1), _mm512_castsi128_si512(lo2));
+    const __m512i lo = _mm512_and_si512(_mm512_srlv_epi64(l, _mm512_setr_epi64(0, 2, 4, 6, 0, 2, 4, 6)), _mm512_set1_epi8(0x03));
+    if constexpr (kBits == 2) {
+      return lo;
+    } else {
+      // High plane: code 4L+k has its bit at 8k+L of the block's 32-bit word.
+      const __m128i hi2 = _mm_set_epi32(0, 0, static_cast<int>(Load32(p + kBB + 8)), static_cast<int>(Load32(p + 8)));
+      const __m512i h = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                                 _mm512_castsi128_si512(hi2));
+      const __m512i hb = _mm512_and_si512(
+          _mm512_srlv_epi32(h, _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7)), _mm512_set1_epi8(0x01));
+      return _mm512_or_si512(lo, _mm512_slli_epi16(hb, 2));
+    }
+  }
+}
+
+// The 3-bit pair with VBMI: two byte permutes put each block's low plane (and
+// its high word, twice) in the 64-bit lanes of its 32 codes; vpmultishiftqb then
+// moves each code's two low bits to bits 0-1 and its high bit to bit 2 of its
+// byte, and one bit-select merges them. Constants built once (see below).
+struct Vbmi3Tables {
+  alignas(64) uint8_t lo_idx[64], hi_idx[64], lo_ctl[64], hi_ctl[64];
+};
+constexpr Vbmi3Tables MakeVbmi3Tables() {
+  Vbmi3Tables t{};
+  for (int p = 0; p < 64; ++p) {
+    const int lane = p / 8, b = p % 8, blk = lane / 4, j = lane % 4;
+    t.lo_idx[p] = static_cast<uint8_t>(blk * 12 + b);          // low plane byte b of the block
+    t.hi_idx[p] = static_cast<uint8_t>(blk * 12 + 8 + b % 4);  // high word, in both halves
+    t.lo_ctl[p] = static_cast<uint8_t>(8 * b + 2 * j);         // code 8j+b: bits 8b+2j
+    const int bit = 8 * (b % 4) + 2 * j + b / 4;               // code 4L+k: bit 8k+L
+    t.hi_ctl[p] = static_cast<uint8_t>((bit - 2 + 64) % 64);   // lands at bit 2
+  }
+  return t;
+}
+constexpr Vbmi3Tables kVbmi3 = MakeVbmi3Tables();
+
+struct Vbmi3Consts {
+  __m512i lo_idx, hi_idx, lo_ctl, hi_ctl;
+};
+inline Vbmi3Consts LoadVbmi3Consts() {
+  return {_mm512_load_si512(kVbmi3.lo_idx), _mm512_load_si512(kVbmi3.hi_idx),
+          _mm512_load_si512(kVbmi3.lo_ctl), _mm512_load_si512(kVbmi3.hi_ctl)};
+}
+
+inline __m512i UnpackPair3Vbmi(const uint8_t* p, const Vbmi3Consts& c) {
+  const __m512i raw = _mm512_castsi256_si512(_mm256_maskz_loadu_epi8(0x00FFFFFFu, p));  // 24 bytes
+  const __m512i l = _mm512_multishift_epi64_epi8(c.lo_ctl, _mm512_permutexvar_epi8(c.lo_idx, raw));
+  const __m512i h = _mm512_multishift_epi64_epi8(c.hi_ctl, _mm512_permutexvar_epi8(c.hi_idx, raw));
+  // bits 0-1 from l, the rest from h, then keep bits 0-2.
+  return _mm512_and_si512(_mm512_ternarylogic_epi32(l, h, _mm512_set1_epi8(0x03), 0xE4), _mm512_set1_epi8(0x07));
+}
+
+// One block (a row with an odd number of blocks ends with one), 32 codes.
+template <int kBits>
+inline __m256i UnpackOne(const uint8_t* p) {
+  if constexpr (kBits == 4) {
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0F));
+  } else {
+    const __m256i v = _mm256_set1_epi64x(static_cast<long long>(Load64(p)));
+    const __m256i lo = _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 2, 4, 6)), _mm256_set1_epi8(0x03));
+    if constexpr (kBits == 2) {
+      return lo;
+    } else {
+      const __m256i h = _mm256_set1_epi32(static_cast<int>(Load32(p + 8)));
+      const __m256i hb = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+                                          _mm256_set1_epi8(0x01));
+      return _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));
+    }
+  }
+}
+
+// sum_g min[g] * gsum[g].
+inline float MinTerm(const uint16_t* mn, const float* gs, int groups) {
+  __m512 a = _mm512_setzero_ps();
+  int g = 0;
+  for (; g + 16 <= groups; g += 16)
+    a = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + g))),
+                        _mm512_loadu_ps(gs + g), a);
+  if (g < groups) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (groups - g)) - 1u);
+    a = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, mn + g)), _mm512_maskz_loadu_ps(m, gs + g), a);
+  }
+  return _mm512_reduce_add_ps(a);
+}
+
+// Pairs of blocks per chunk of combined scales.
+constexpr int kPairChunk = 16;
+
+// kR weight rows x kT activation rows: y = sum over block pairs of
+// scale_g * d_pair * dot(codes, q) + sum_g min_g * gsum_g. The combined scales of
+// a chunk of 16 pairs are formed as vectors first, then each pair's product
+// accumulates with one broadcast FMA.
+template <int kBits, int kR, int kT, bool kVbmi>
+void QuantTileVnni(const QuantView& w, const QActView& x, float* y, int ldy, int r, int t0) {
+  constexpr int kBB = QuantBlockBytes(kBits);
+  [[maybe_unused]] Vbmi3Consts vc;
+  if constexpr (kVbmi) vc = LoadVbmi3Consts();
+  const int nb = w.blocks, np = nb / 2;
+  const uint8_t* rows[kR];
+  const uint16_t* scs[kR];
+  for (int i = 0; i < kR; ++i) {
+    rows[i] = w.codes + static_cast<size_t>(r + i) * w.row_bytes;
+    scs[i] = w.scale + static_cast<size_t>(r + i) * w.groups;
+  }
+  const int8_t* q[kT];
+  const float* d[kT];
+  for (int t = 0; t < kT; ++t) {
+    q[t] = x.q + static_cast<size_t>(t0 + t) * x.padded_cols;
+    d[t] = x.d + static_cast<size_t>(t0 + t) * x.nb;
+  }
+  __m512 acc[kR][kT];
+  for (int i = 0; i < kR; ++i)
+    for (int t = 0; t < kT; ++t) acc[i][t] = _mm512_setzero_ps();
+  alignas(64) float sc[kR][kT][kPairChunk];
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int p0 = 0; p0 < np; p0 += kPairChunk) {
+    const int cnt = np - p0 < kPairChunk ? np - p0 : kPairChunk;
+    // d of each pair (its first block), per activation row.
+    __m512 dp[kT];
+    const int nbl = 2 * cnt;  // blocks in the chunk
+    const __mmask16 mlo = static_cast<__mmask16>(nbl >= 16 ? 0xFFFFu : (1u << nbl) - 1u);
+    const __mmask16 mhi = static_cast<__mmask16>(nbl <= 16 ? 0u : nbl >= 32 ? 0xFFFFu : (1u << (nbl - 16)) - 1u);
+    for (int t = 0; t < kT; ++t) {
+      const float* dd = d[t] + 2 * p0;
+      dp[t] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(mlo, dd), even, _mm512_maskz_loadu_ps(mhi, dd + 16));
+    }
+    const __mmask16 mcnt = static_cast<__mmask16>(cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1u);
+    for (int i = 0; i < kR; ++i) {
+      // Weight scale of each pair: one group per pair (group 64), one group per
+      // row, or a scalar walk over the groups.
+      __m512 spv;
+      if (w.bpg == 2) {
+        spv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mcnt, scs[i] + p0));
+      } else if (w.groups == 1) {
+        spv = _mm512_set1_ps(HalfToFloat(scs[i][0]));
+      } else {
+        alignas(64) float sp[kPairChunk] = {};
+        const int ppg = w.bpg / 2;  // pairs per group
+        int g = p0 / ppg, left = ppg - p0 % ppg;
+        for (int j = 0; j < cnt; ++j) {
+          sp[j] = HalfToFloat(scs[i][g]);
+          if (--left == 0) {
+            ++g;
+            left = ppg;
+          }
+        }
+        spv = _mm512_load_ps(sp);
+      }
+      for (int t = 0; t < kT; ++t) _mm512_store_ps(sc[i][t], _mm512_mul_ps(spv, dp[t]));
+    }
+    for (int j = 0; j < cnt; ++j) {
+      const size_t b = 2 * static_cast<size_t>(p0 + j);
+      __m512i wv[kR];
+      for (int i = 0; i < kR; ++i) {
+        if constexpr (kVbmi) wv[i] = UnpackPair3Vbmi(rows[i] + b * kBB, vc);
+        else wv[i] = UnpackPair<kBits>(rows[i] + b * kBB);
+      }
+      for (int t = 0; t < kT; ++t) {
+        const __m512i qv = _mm512_loadu_si512(q[t] + 32 * b);
+        for (int i = 0; i < kR; ++i) {
+          const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[i], qv);
+          acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(sc[i][t][j]), acc[i][t]);
+        }
+      }
+    }
+  }
+  float tail[kR][kT] = {};
+  if (nb % 2 != 0) {
+    const int b = nb - 1;
+    for (int i = 0; i < kR; ++i) {
+      const __m256i wv = UnpackOne<kBits>(rows[i] + static_cast<size_t>(b) * kBB);
+      const float s = HalfToFloat(scs[i][b / w.bpg]);
+      for (int t = 0; t < kT; ++t) {
+        const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[t] + 32 * b));
+        const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, qv);
+        const __m256 f = _mm256_cvtepi32_ps(dot);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        tail[i][t] = _mm_cvtss_f32(h) * (s * d[t][b]);
+      }
+    }
+  }
+  for (int i = 0; i < kR; ++i) {
+    const uint16_t* mn = w.min + static_cast<size_t>(r + i) * w.groups;
+    for (int t = 0; t < kT; ++t) {
+      const float* gs = x.gsum + static_cast<size_t>(t0 + t) * x.groups;
+      y[static_cast<size_t>(t0 + t) * ldy + r + i] =
+          _mm512_reduce_add_ps(acc[i][t]) + tail[i][t] + MinTerm(mn, gs, w.groups);
+    }
+  }
+}
+
+template <int kBits, int kR, bool kVbmi>
+void QuantRowsVnni(const QuantView& w, const QActView& x, float* y, int ldy, int r) {
+  int t = 0;
+  for (; t + 4 <= x.n; t += 4) QuantTileVnni<kBits, kR, 4, kVbmi>(w, x, y, ldy, r, t);
+  switch (x.n - t) {
+    case 3: QuantTileVnni<kBits, kR, 3, kVbmi>(w, x, y, ldy, r, t); break;
+    case 2: QuantTileVnni<kBits, kR, 2, kVbmi>(w, x, y, ldy, r, t); break;
+    case 1: QuantTileVnni<kBits, kR, 1, kVbmi>(w, x, y, ldy, r, t); break;
+    default: break;
+  }
+}
+
+// The AVX2 kernels, for layouts whose blocks do not pair (see above).
+void (*g_avx2_quant[5])(const QuantView&, const QActView&, float*, int, int, int) = {};
+
+// Software prefetch of `count` weight rows from row r (clamped): the codes stream
+// from memory once per product, and the hardware prefetchers alone keep too few
+// lines in flight for the interleaved row streams of a tile.
+inline void PrefetchRows(const QuantView& w, int r, int count) {
+  if (r >= w.rows) return;
+  if (r + count > w.rows) count = w.rows - r;
+  const char* p = reinterpret_cast<const char*>(w.codes + static_cast<size_t>(r) * w.row_bytes);
+  const size_t bytes = static_cast<size_t>(count) * w.row_bytes;
+  for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+}
+
+template <int kBits, bool kVbmi = false>
+void QuantGemmVnni(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
+  if (x.span % 2 != 0 || (w.groups > 1 && w.bpg % 2 != 0))
+    return g_avx2_quant[kBits](w, x, y, ldy, r0, r1);
+  int r = r0;
+  PrefetchRows(w, r, 8);
+  for (; r + 4 <= r1; r += 4) {
+    PrefetchRows(w, r + 8, 4);
+    QuantRowsVnni<kBits, 4, kVbmi>(w, x, y, ldy, r);
+  }
+  for (; r < r1; ++r) QuantRowsVnni<kBits, 1, kVbmi>(w, x, y, ldy, r);
+}
+
 }  // namespace
 
 void FillAvx512Kernels(KernelTable* t) {
   g_avx2_dense_f32 = t->dense_gemm[kDenseF32];
   t->dense_gemm[kDenseF32] = DenseGemmF32;
+  for (int b = 2; b <= 4; ++b) g_avx2_quant[b] = t->quant_gemm[b];
+  t->quant_gemm[2] = QuantGemmVnni<2>;
+  t->quant_gemm[3] = QuantGemmVnni<3, true>;
+  t->quant_gemm[4] = QuantGemmVnni<4>;
 }
 
 }  // namespace eora::cpu
