@@ -326,18 +326,20 @@ inline __m256i UnpackOne(const uint8_t* p) {
   }
 }
 
-// sum_g min[g] * gsum[g].
-inline float MinTerm(const uint16_t* mn, const float* gs, int groups) {
-  __m512 a = _mm512_setzero_ps();
-  int g = 0;
-  for (; g + 16 <= groups; g += 16)
-    a = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + g))),
-                        _mm512_loadu_ps(gs + g), a);
-  if (g < groups) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (groups - g)) - 1u);
-    a = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, mn + g)), _mm512_maskz_loadu_ps(m, gs + g), a);
-  }
-  return _mm512_reduce_add_ps(a);
+// Sums of 16 vectors in a tree of 15 adds: lane 4L + m of the result is the sum
+// of v[4m + L] (the caller orders its inputs for that).
+inline __m512 Hsum16(const __m512 v[16]) {
+  __m512 b[8], c[4], d[2];
+  for (int i = 0; i < 8; ++i)  // 256-bit halves: 8 partials of v[2i], of v[2i+1]
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)  // 128-bit lane L: 4 partials of v[4i + L]
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)  // lane L: 2 partials of v[8i + L], of v[8i + 4 + L]
+    d[i] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0x88),
+                         _mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xDD));
 }
 
 // Pairs of blocks per chunk of combined scales.
@@ -438,14 +440,30 @@ void QuantTileVnni(const QuantView& w, const QActView& x, float* y, int ldy, int
       }
     }
   }
-  for (int i = 0; i < kR; ++i) {
-    const uint16_t* mn = w.min + static_cast<size_t>(r + i) * w.groups;
+  // The min term joins the accumulators (16 groups per vector), then one
+  // transposing reduction sums all kR x kT of them.
+  const uint16_t* mins[kR];
+  for (int i = 0; i < kR; ++i) mins[i] = w.min + static_cast<size_t>(r + i) * w.groups;
+  for (int g0 = 0; g0 < w.groups; g0 += 16) {
+    const int gc = w.groups - g0 < 16 ? w.groups - g0 : 16;
+    const __mmask16 m = static_cast<__mmask16>(gc >= 16 ? 0xFFFFu : (1u << gc) - 1u);
+    __m512 mv[kR];
+    for (int i = 0; i < kR; ++i) mv[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, mins[i] + g0));
     for (int t = 0; t < kT; ++t) {
-      const float* gs = x.gsum + static_cast<size_t>(t0 + t) * x.groups;
-      y[static_cast<size_t>(t0 + t) * ldy + r + i] =
-          _mm512_reduce_add_ps(acc[i][t]) + tail[i][t] + MinTerm(mn, gs, w.groups);
+      const __m512 gv = _mm512_maskz_loadu_ps(m, x.gsum + static_cast<size_t>(t0 + t) * x.groups + g0);
+      for (int i = 0; i < kR; ++i) acc[i][t] = _mm512_fmadd_ps(mv[i], gv, acc[i][t]);
     }
   }
+  static_assert(kR * kT <= 16);
+  __m512 v[16];
+  for (int k = 0; k < 16; ++k) {
+    const int src = 4 * (k % 4) + k / 4;  // see Hsum16
+    v[k] = src < kR * kT ? acc[src / kT][src % kT] : _mm512_setzero_ps();
+  }
+  alignas(64) float sums[16];
+  _mm512_store_ps(sums, Hsum16(v));
+  for (int i = 0; i < kR; ++i)
+    for (int t = 0; t < kT; ++t) y[static_cast<size_t>(t0 + t) * ldy + r + i] = sums[i * kT + t] + tail[i][t];
 }
 
 template <int kBits, int kR, bool kVbmi>
