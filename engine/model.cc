@@ -812,22 +812,15 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
 // waking and joining the workers costs.
 constexpr int64_t kShardMaxLayerWork = int64_t{1} << 22;
 
-int64_t LayerLinearMacs(const ModelConfig& c) {
-  return static_cast<int64_t>(c.dim) * (c.q_dim() + 2 * c.kv_dim()) +
-         static_cast<int64_t>(c.q_dim()) * c.dim + 3 * static_cast<int64_t>(c.dim) * c.ffn_dim;
-}
-
-int IndependentLanes(const ModelConfig& c, int threads) {
-  if (threads < 2) return 1;
-  return 16 * LayerLinearMacs(c) < kShardMaxLayerWork ? threads : 1;
-}
-
 int Model::ShardCount(std::span<const SequenceChunk> batch) const {
   if (pool_ == nullptr || pool_->num_threads() < 2 || batch.size() < 2) return 1;
   const ModelConfig& c = weights_->config;
   int64_t tokens = 0;
   for (const SequenceChunk& ch : batch) tokens += static_cast<int64_t>(ch.tokens.size());
-  if (tokens * LayerLinearMacs(c) >= kShardMaxLayerWork) return 1;
+  const int64_t layer_macs = static_cast<int64_t>(c.dim) * (c.q_dim() + 2 * c.kv_dim()) +
+                             static_cast<int64_t>(c.q_dim()) * c.dim +
+                             3 * static_cast<int64_t>(c.dim) * c.ffn_dim;
+  if (tokens * layer_macs >= kShardMaxLayerWork) return 1;
   return static_cast<int>(std::min<size_t>(batch.size(), static_cast<size_t>(pool_->num_threads())));
 }
 
@@ -854,7 +847,9 @@ absl::Status Model::ForwardSharded(std::span<const SequenceChunk> batch, int sha
   // plus attention over the cached positions (sequences of a decode batch sit at
   // different lengths).
   const ModelConfig& c = weights_->config;
-  const int64_t layer_macs = LayerLinearMacs(c);
+  const int64_t layer_macs = static_cast<int64_t>(c.dim) * (c.q_dim() + 2 * c.kv_dim()) +
+                             static_cast<int64_t>(c.q_dim()) * c.dim +
+                             3 * static_cast<int64_t>(c.dim) * c.ffn_dim;
   std::vector<int64_t> cost(batch.size());
   int64_t total = 0;
   for (size_t i = 0; i < batch.size(); ++i) {

@@ -51,13 +51,6 @@ class LinearObserver {
   virtual void OnLinearInput(int layer, Module module, const float* x, int rows, int cols) = 0;
 };
 
-// Multiply-adds of the linear layers of one decoder layer, per token.
-int64_t LayerLinearMacs(const ModelConfig& c);
-// How many independent step threads a server should run for this model with
-// `threads` threads: `threads` when a 16-sequence decode step is small enough
-// that Model::Forward would split it by sequence anyway (stories260K), else 1.
-int IndependentLanes(const ModelConfig& c, int threads);
-
 // Low-rank factors for the seven modules of one layer (calibration overrides).
 using LayerFactors = std::array<LowRankFactors, kNumModules>;
 

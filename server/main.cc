@@ -61,10 +61,8 @@ int main(int argc, char** argv) {
   args.Flag("adapter-store", "DIR", "", "adapter store: one PEFT adapter directory per id, DIR/<id>/ (required)");
   args.Flag("listen", "HOST:PORT", "0.0.0.0:50051", "gRPC address; port 0 picks a free port (logged)");
   args.Flag("http-listen", "HOST:PORT", "0.0.0.0:8080", "HTTP address for /metrics, /healthz, /readyz; port 0 picks one");
-  args.Flag("threads", "N", DefaultThreads(),
-            "engine threads: each step's products are split across them, or, for a model small "
-            "enough (stories260K), each thread steps its own share of the sequences");
-  args.Flag("max-running", "N", "32", "sequences running at once (the batch; shared out over independent step threads)");
+  args.Flag("threads", "N", DefaultThreads(), "engine worker threads");
+  args.Flag("max-running", "N", "32", "sequences in one engine step (batch size)");
   args.Flag("max-queue", "N", "256", "requests waiting to join the batch before RESOURCE_EXHAUSTED");
   args.Flag("max-step-tokens", "N", "512", "token budget of one step (decode + prefill chunks)");
   args.Flag("kv-cache-tokens", "N", "0", "KV cache positions in total; 0 = max-running x context");
@@ -157,10 +155,6 @@ int main(int argc, char** argv) {
   sopt.kv_cache_tokens = kv_tokens;
   eora::server::Scheduler scheduler(&model, tokenizer, sopt,
                                     eora::server::MakeSchedulingPolicy("fcfs"), &metrics);
-  Log(scheduler.lanes() > 1
-          ? "step threads: " + std::to_string(scheduler.lanes()) +
-                " independent lanes (small model: each steps its own sequences on one thread)"
-          : "step threads: 1 (products split across " + std::to_string(threads) + " threads)");
 
   eora::server::ServingCoreOptions copt;
   copt.default_max_new_tokens = static_cast<int>(def_new);

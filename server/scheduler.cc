@@ -61,51 +61,16 @@ Scheduler::Scheduler(Model* model, const Tokenizer* tokenizer, SchedulerOptions 
       options_(options),
       metrics_(metrics),
       policy_(policy ? std::move(policy) : std::make_unique<FcfsPriorityPolicy>()) {
-  int lanes = options_.lanes;
-  if (lanes <= 0)
-    lanes = IndependentLanes(model_->config(), model_->pool() ? model_->pool()->num_threads() : 1);
-  lanes = std::max(1, std::min(lanes, options_.max_running));
-  for (int i = 0; i < lanes; ++i) {
-    auto lane = std::make_unique<Lane>();
-    lane->index = i;
-    if (lanes == 1) {
-      lane->model = model_;
-    } else {
-      lane->pool = std::make_unique<ThreadPool>(1);
-      lane->own_model = std::make_unique<Model>(model_->shared_weights(), lane->pool.get());
-      lane->model = lane->own_model.get();
-    }
-    // Batch and KV cache shares (the first lanes take the remainders).
-    lane->max_running = options_.max_running / lanes + (i < options_.max_running % lanes ? 1 : 0);
-    lane->kv_cache_tokens = options_.kv_cache_tokens / lanes;
-    lane->gen = NewGenerator(*lane);
-    lane->total_blocks = lane->gen->cache().total_blocks();
-    lane_blocks_ = i == 0 ? lane->total_blocks : std::min(lane_blocks_, lane->total_blocks);
-    lanes_.push_back(std::move(lane));
-  }
-  for (auto& lane : lanes_) {
-    Lane* l = lane.get();
-    l->thread = std::thread([this, l] {
-      // The serving loops, named for top -H and perf.
-      const std::string name = "eora-step-" + std::to_string(l->index);
-      pthread_setname_np(pthread_self(), name.c_str());
-      Loop(l);
-    });
-  }
-}
-
-std::unique_ptr<Generator> Scheduler::NewGenerator(const Lane& lane) const {
   GeneratorOptions g;
-  g.max_running = lane.max_running;
+  g.max_running = options_.max_running;
   g.max_step_tokens = options_.max_step_tokens;
-  g.kv_cache_tokens = lane.kv_cache_tokens;
-  return std::make_unique<Generator>(lane.model, g);
-}
-
-size_t Scheduler::RunningLocked() const {
-  size_t n = 0;
-  for (const auto& lane : lanes_) n += lane->running.size();
-  return n;
+  g.kv_cache_tokens = options_.kv_cache_tokens;
+  gen_ = std::make_unique<Generator>(model_, g);
+  total_blocks_ = gen_->cache().total_blocks();
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "eora-step");  // the serving loop, in top -H and perf
+    Loop();
+  });
 }
 
 Scheduler::~Scheduler() { Drain(absl::ZeroDuration()); }
@@ -130,13 +95,11 @@ absl::StatusOr<std::shared_ptr<RequestState>> Scheduler::Submit(ScheduledRequest
   if (request.adapter) request.gen.adapter = request.adapter.adapter();
   job->req = std::move(request);
   const int64_t blocks = BlocksFor(*job);
-  if (blocks > lane_blocks_) {
+  if (blocks > total_blocks_) {
     if (metrics_) metrics_->RecordRejected("kv_cache");
     return absl::ResourceExhaustedError(absl::StrCat(
         "KV cache too small: the request needs ", blocks * KvCache::kBlockTokens,
-        " positions, the cache has ", lane_blocks_ * KvCache::kBlockTokens,
-        lanes_.size() > 1 ? absl::StrCat(" per step thread (", lanes_.size(), " of them)") : "",
-        " (--kv-cache-tokens)"));
+        " positions, the cache has ", total_blocks_ * KvCache::kBlockTokens, " (--kv-cache-tokens)"));
   }
   std::shared_ptr<RequestState> state = job->state;
   {
@@ -149,7 +112,7 @@ absl::StatusOr<std::shared_ptr<RequestState>> Scheduler::Submit(ScheduledRequest
       if (metrics_) metrics_->RecordRejected("queue_full");
       return absl::ResourceExhaustedError(absl::StrCat(
           "admission queue full: ", policy_->size(), " requests waiting (--max-queue ",
-          options_.max_queue, "), ", RunningLocked(), " running"));
+          options_.max_queue, "), ", running_.size(), " running"));
     }
     job->seq = next_seq_++;
     QueuedRequest q;
@@ -176,31 +139,23 @@ void Scheduler::Drain(absl::Duration grace) {
   draining_ = true;
   const absl::Time until = absl::Now() + grace;
   cv_.notify_all();
-  while ((!waiting_.empty() || RunningLocked() > 0) && absl::Now() < until)
+  while ((!waiting_.empty() || !running_.empty()) && absl::Now() < until)
     cv_.wait_for(lock, std::chrono::milliseconds(20));
   cancel_all_ = true;
   stop_ = true;
   cv_.notify_all();
   lock.unlock();
-  for (auto& lane : lanes_)
-    if (lane->thread.joinable()) lane->thread.join();
+  if (thread_.joinable()) thread_.join();
 }
 
 SchedulerStats Scheduler::Stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   SchedulerStats s;
-  int64_t reserved = 0, total = 0;
-  s.waiting = static_cast<int>(waiting_.size());
-  for (const auto& lane : lanes_) {
-    s.running += lane->gen_running;
-    s.waiting += lane->gen_waiting;
-    reserved += lane->reserved_blocks;
-    total += lane->total_blocks;
-    for (const auto& [id, j] : lane->running)
-      if (j->req.adapter) s.running_adapters.insert(j->req.adapter.id());
-  }
-  s.kv_cache_usage = total > 0 ? static_cast<double>(reserved) / total : 0;
-  s.lanes = static_cast<int>(lanes_.size());
+  s.running = gen_running_;
+  s.waiting = static_cast<int>(waiting_.size()) + gen_waiting_;
+  s.kv_cache_usage = total_blocks_ > 0 ? static_cast<double>(reserved_blocks_) / total_blocks_ : 0;
+  for (const auto& [id, j] : running_)
+    if (j->req.adapter) s.running_adapters.insert(j->req.adapter.id());
   for (const auto& [seq, j] : waiting_)
     if (j->req.adapter) s.waiting_adapters.insert(j->req.adapter.id());
   s.steps = steps_;
@@ -210,19 +165,14 @@ SchedulerStats Scheduler::Stats() const {
 void Scheduler::PublishLocked() {
   if (!metrics_) return;
   std::set<std::string> run, wait;
-  int running = 0, waiting = static_cast<int>(waiting_.size());
-  int64_t reserved = 0, total = 0;
-  for (const auto& lane : lanes_) {
-    running += lane->gen_running;
-    waiting += lane->gen_waiting;
-    reserved += lane->reserved_blocks;
-    total += lane->total_blocks;
-    for (const auto& [id, j] : lane->running)
-      if (j->req.adapter) run.insert(j->req.adapter.id());
-  }
+  for (const auto& [id, j] : running_)
+    if (j->req.adapter) run.insert(j->req.adapter.id());
   for (const auto& [seq, j] : waiting_)
     if (j->req.adapter) wait.insert(j->req.adapter.id());
-  metrics_->SetSchedulerState(running, waiting, total > 0 ? static_cast<double>(reserved) / total : 0);
+  metrics_->SetSchedulerState(gen_running_, static_cast<int>(waiting_.size()) + gen_waiting_,
+                              total_blocks_ > 0
+                                  ? static_cast<double>(reserved_blocks_) / total_blocks_
+                                  : 0);
   metrics_->SetLoraInfo(run, wait, options_.max_running);
 }
 
@@ -248,7 +198,7 @@ void Scheduler::OnToken(Job* j, int token) {
     if (best != std::string::npos) {
       j->stopped_by_string = true;
       j->stop_at = best;
-      j->lane->gen->Cancel(j->engine_id);
+      gen_->Cancel(j->engine_id);
     }
   }
   // Deliver text that can no longer be part of a stop string and that ends on
@@ -307,7 +257,7 @@ void Scheduler::FinishJob(Job* j, const GenerationResult* result, absl::Status s
   j->state->Finish(std::move(u));
 }
 
-void Scheduler::Loop(Lane* lane) {
+void Scheduler::Loop() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     const absl::Time now = absl::Now();
@@ -326,23 +276,18 @@ void Scheduler::Loop(Lane* lane) {
       FinishJob(j, nullptr, why);
       it = waiting_.erase(it);
     }
-    // Admit at the step boundary, keeping the lanes even: a lane takes a request
-    // only while no other lane runs fewer sequences.
-    while (static_cast<int>(lane->running.size()) < lane->max_running) {
-      bool fewest = true;
-      for (const auto& other : lanes_)
-        if (other->running.size() < lane->running.size()) fewest = false;
-      if (!fewest) break;
+    // Admit at the step boundary.
+    while (static_cast<int>(running_.size()) < options_.max_running) {
       auto next = policy_->Next();
       if (!next) break;
       Job* j = waiting_[*next].get();
       const int64_t need = BlocksFor(*j);
-      if (lane->reserved_blocks + need > lane->total_blocks) break;
+      if (reserved_blocks_ + need > total_blocks_) break;
       policy_->Remove(*next);
       std::unique_ptr<Job> job = std::move(waiting_[*next]);
       waiting_.erase(*next);
       GenerationRequest g = job->req.gen;  // keep a copy for rank/adapter reporting
-      absl::StatusOr<int64_t> id = lane->gen->Add(std::move(g));
+      absl::StatusOr<int64_t> id = gen_->Add(std::move(g));
       if (!id.ok()) {
         FinishJob(job.get(), nullptr, id.status());
         continue;
@@ -350,24 +295,23 @@ void Scheduler::Loop(Lane* lane) {
       job->engine_id = *id;
       job->admitted = absl::Now();
       job->reserved_blocks = need;
-      job->lane = lane;
-      lane->reserved_blocks += need;
+      reserved_blocks_ += need;
       if (job->req.adapter && job->req.gen.rank == 0)
         job->req.gen.rank = job->req.adapter.adapter()->max_rank();
-      lane->running[*id] = std::move(job);
+      running_[*id] = std::move(job);
     }
     // Running requests that were cancelled or timed out stop at this boundary.
-    for (auto& [id, j] : lane->running) {
+    for (auto& [id, j] : running_) {
       if (!j->cancel_status.ok()) continue;
       if (cancel_all_) j->cancel_status = absl::UnavailableError("server is shutting down");
       else if (j->state->cancelled()) j->cancel_status = absl::CancelledError("cancelled by the client");
       else if (now >= j->req.deadline) j->cancel_status = absl::DeadlineExceededError("deadline exceeded");
-      if (!j->cancel_status.ok()) lane->gen->Cancel(id);
+      if (!j->cancel_status.ok()) gen_->Cancel(id);
     }
-    lane->gen_running = lane->gen->running();
-    lane->gen_waiting = lane->gen->waiting();
+    gen_running_ = gen_->running();
+    gen_waiting_ = gen_->waiting();
     PublishLocked();
-    if (lane->running.empty()) {
+    if (running_.empty()) {
       if (stop_ && waiting_.empty()) break;
       cv_.notify_all();  // Drain waits on emptiness
       cv_.wait_for(lock, std::chrono::milliseconds(waiting_.empty() ? 50 : 5));
@@ -378,11 +322,11 @@ void Scheduler::Loop(Lane* lane) {
     std::vector<std::pair<int64_t, GenerationResult>> finished;
     int step_tokens = 0;
     const auto t0 = std::chrono::steady_clock::now();
-    absl::StatusOr<bool> more = lane->gen->Step(
+    absl::StatusOr<bool> more = gen_->Step(
         [&](int64_t id, int token) {
           ++step_tokens;
-          auto it = lane->running.find(id);
-          if (it != lane->running.end()) OnToken(it->second.get(), token);
+          auto it = running_.find(id);
+          if (it != running_.end()) OnToken(it->second.get(), token);
         },
         [&](int64_t id, GenerationResult r) { finished.emplace_back(id, std::move(r)); });
     const double secs =
@@ -392,29 +336,30 @@ void Scheduler::Loop(Lane* lane) {
     ++steps_;
     if (metrics_) metrics_->RecordStep(step_tokens, secs);
     for (auto& [id, r] : finished) {
-      auto it = lane->running.find(id);
-      if (it == lane->running.end()) continue;
+      auto it = running_.find(id);
+      if (it == running_.end()) continue;
       FinishJob(it->second.get(), &r, absl::OkStatus());
-      lane->reserved_blocks -= it->second->reserved_blocks;
-      lane->running.erase(it);
+      reserved_blocks_ -= it->second->reserved_blocks;
+      running_.erase(it);
     }
     if (!more.ok()) {
       // The step failed as a whole: fail everything in it and start over with a
       // fresh Generator (and KV cache).
-      for (auto& [id, j] : lane->running) {
+      for (auto& [id, j] : running_) {
         FinishJob(j.get(), nullptr,
                   absl::InternalError(absl::StrCat("engine step failed: ", more.status().ToString())));
       }
-      lane->running.clear();
-      lane->reserved_blocks = 0;
-      lane->gen = NewGenerator(*lane);
+      running_.clear();
+      reserved_blocks_ = 0;
+      GeneratorOptions g;
+      g.max_running = options_.max_running;
+      g.max_step_tokens = options_.max_step_tokens;
+      g.kv_cache_tokens = options_.kv_cache_tokens;
+      gen_ = std::make_unique<Generator>(model_, g);
     }
-    // Wake the others only when they may have work: requests wait (another lane
-    // may now be the one with the fewest sequences) or a drain watches for the
-    // end. A wake-up per step would cost every lane a lock round trip per step.
-    if (!waiting_.empty() || draining_) cv_.notify_all();
+    cv_.notify_all();
   }
-  lane->gen_running = lane->gen_waiting = 0;
+  gen_running_ = gen_waiting_ = 0;
   PublishLocked();
   cv_.notify_all();
 }

@@ -11,12 +11,8 @@
 // their KV blocks and adapter pins. Cancelled requests and passed deadlines are
 // stopped at the next step boundary.
 //
-// Small models (stories260K) run several independent lanes, one step thread
-// each (SchedulerOptions::lanes): a request joins the lane with the fewest
-// running sequences and stays there.
-//
-// Threading contract: Submit, Stats and Drain are thread-safe. A lane's
-// Generator and Model are used only by that lane's step thread.
+// Threading contract: Submit, Stats and Drain are thread-safe. The Generator and
+// the Model are used only by the step thread.
 #pragma once
 
 #include <condition_variable>
@@ -52,12 +48,6 @@ struct SchedulerOptions {
   int max_step_tokens = 512;
   // KV cache positions in total; 0 = max_running * model context.
   int64_t kv_cache_tokens = 0;
-  // Independent step threads ("lanes"), each with its own Generator, KV cache
-  // share and batch share, stepping its own sequences with no join between them.
-  // 0 = automatic: one per thread of the model's pool when the model is small
-  // enough that its steps would be split by sequence anyway (IndependentLanes in
-  // engine/model.h), else 1 (one step thread whose products use the pool).
-  int lanes = 0;
 };
 
 // A request ready for the engine: validated, tokenized, adapter pinned.
@@ -78,7 +68,6 @@ struct SchedulerStats {
   double kv_cache_usage = 0;  // fraction of KV blocks reserved
   std::set<std::string> running_adapters, waiting_adapters;
   int64_t steps = 0;
-  int lanes = 1;
 };
 
 class Scheduler {
@@ -101,11 +90,9 @@ class Scheduler {
   bool draining() const;
 
   SchedulerStats Stats() const;
-  int lanes() const { return static_cast<int>(lanes_.size()); }
   const SchedulerOptions& options() const { return options_; }
 
  private:
-  struct Lane;
   struct Job {
     uint64_t seq = 0;
     std::shared_ptr<RequestState> state;
@@ -122,30 +109,9 @@ class Scheduler {
     size_t stop_at = std::string::npos;
     absl::Status cancel_status;  // why it was cancelled (deadline, shutdown)
     absl::Time admitted, first_token, last_token;
-    Lane* lane = nullptr;  // set at admission
   };
 
-  // One step thread and what it owns. `running`, `reserved_blocks` and the gen_*
-  // counts are written by the lane's thread under mu_ and read under mu_ by
-  // others (or by the lane's thread without it).
-  struct Lane {
-    int index = 0;
-    Model* model = nullptr;                  // model_ itself with one lane
-    std::unique_ptr<ThreadPool> pool;        // one thread, with several lanes
-    std::unique_ptr<Model> own_model;        // shares model_'s weights
-    std::unique_ptr<Generator> gen;
-    std::map<int64_t, std::unique_ptr<Job>> running;  // by engine id
-    int max_running = 0;
-    int64_t kv_cache_tokens = 0;
-    int64_t reserved_blocks = 0;
-    int64_t total_blocks = 0;
-    int gen_running = 0, gen_waiting = 0;
-    std::thread thread;
-  };
-
-  void Loop(Lane* lane);
-  std::unique_ptr<Generator> NewGenerator(const Lane& lane) const;
-  size_t RunningLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Loop();
   void OnToken(Job* j, int token);
   void FinishJob(Job* j, const GenerationResult* result, absl::Status status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -162,13 +128,19 @@ class Scheduler {
   std::condition_variable cv_;
   std::unique_ptr<SchedulingPolicy> policy_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::unique_ptr<Job>> waiting_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::unique_ptr<Lane>> lanes_;
-  int64_t lane_blocks_ = 0;  // KV blocks of one lane (a request must fit in one)
+  // Written only by the step thread (under mu_); read by it without the lock.
+  std::map<int64_t, std::unique_ptr<Job>> running_;  // by engine id
+  std::unique_ptr<Generator> gen_;                   // step thread
+  int64_t reserved_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t total_blocks_ = 0;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool cancel_all_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  int gen_running_ ABSL_GUARDED_BY(mu_) = 0;
+  int gen_waiting_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
+  std::thread thread_;
 };
 
 // Length of the longest prefix of s[0, n) that does not end inside a UTF-8

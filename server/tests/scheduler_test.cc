@@ -103,10 +103,7 @@ TEST_F(SchedulerTest, GreedyTokensMatchTheOfflineEngine) {
 }
 
 TEST_F(SchedulerTest, SixteenConcurrentRequestsWithMixedAdaptersAndRanks) {
-  SchedulerOptions so;
-  so.lanes = 1;
-  Make(so);
-  EXPECT_EQ(scheduler_->lanes(), 1);
+  Make();
   struct Case {
     std::string adapter;
     int rank;
@@ -140,44 +137,6 @@ TEST_F(SchedulerTest, SixteenConcurrentRequestsWithMixedAdaptersAndRanks) {
   }
   EXPECT_GE(distinct.size(), 12u) << "adapters/ranks should give different outputs";
   EXPECT_GT(scheduler_->Stats().steps, 0);
-}
-
-TEST_F(SchedulerTest, IndependentLanesGiveTheSameTokens) {
-  // Three step threads, each with its own Generator and KV cache share: the
-  // requests spread over them and each still gets the offline engine's tokens.
-  SchedulerOptions so;
-  so.lanes = 3;
-  so.max_running = 8;
-  Make(so);
-  ASSERT_EQ(scheduler_->lanes(), 3);
-  EXPECT_EQ(scheduler_->Stats().lanes, 3);
-  const char* prompts[] = {"Once upon a time", "The cat", "Tom had a red ball", "One day"};
-  const std::pair<const char*, int> mix[] = {{"", 0}, {"r8a", 8}, {"r8b", 4}, {"r16", 16}, {"r16", 2}};
-  std::vector<std::shared_ptr<RequestState>> states;
-  std::vector<GenerateParams> params;
-  for (int i = 0; i < 12; ++i) {
-    GenerateParams p;
-    p.prompt = prompts[i % 4];
-    p.adapter_id = mix[i % 5].first;
-    p.rank = mix[i % 5].second;
-    p.max_new_tokens = 16;
-    p.ignore_eos = true;
-    params.push_back(p);
-    states.push_back(Start(p));
-  }
-  for (size_t i = 0; i < states.size(); ++i) {
-    GenerateUpdate u = Collect(states[i]);
-    ASSERT_TRUE(u.status.ok()) << u.status;
-    const auto& p = params[i];
-    EXPECT_EQ(u.tokens, OfflineGreedy(p.prompt, p.adapter_id.empty() ? "" : *store_ + "/" + p.adapter_id,
-                                      p.rank, 16))
-        << "request " << i;
-  }
-  // The automatic choice: one lane per thread for this tiny model when the pool
-  // has several threads, else one.
-  const int threads = Stories().model->pool() ? Stories().model->pool()->num_threads() : 1;
-  EXPECT_EQ(IndependentLanes(Stories().model->config(), threads), threads >= 2 ? threads : 1);
-  EXPECT_EQ(IndependentLanes(Stories().model->config(), 1), 1);
 }
 
 TEST_F(SchedulerTest, ErrorsNameTheField) {
