@@ -41,7 +41,7 @@ class ThreadPool {
 
   // As above, but runs inline on the caller when `work` (an estimate in
   // multiply-adds) is too small to repay waking the workers.
-  static constexpr int64_t kMinParallelWork = 1 << 15;
+  static constexpr int64_t kMinParallelWork = 1 << 16;
   void ParallelFor(int64_t n, int64_t align, int64_t work, const RangeFn& fn) {
     if (work < kMinParallelWork) {
       if (n > 0) fn(0, 0, n);

@@ -61,7 +61,9 @@ int main(int argc, char** argv) {
   args.Flag("adapter-store", "DIR", "", "adapter store: one PEFT adapter directory per id, DIR/<id>/ (required)");
   args.Flag("listen", "HOST:PORT", "0.0.0.0:50051", "gRPC address; port 0 picks a free port (logged)");
   args.Flag("http-listen", "HOST:PORT", "0.0.0.0:8080", "HTTP address for /metrics, /healthz, /readyz; port 0 picks one");
-  args.Flag("threads", "N", DefaultThreads(), "engine worker threads");
+  args.Flag("threads", "N", DefaultThreads(),
+            "engine threads: a step's products are split across them, or, for a model as small as "
+            "stories260K, its sequences (one share per thread)");
   args.Flag("max-running", "N", "32", "sequences in one engine step (batch size)");
   args.Flag("max-queue", "N", "256", "requests waiting to join the batch before RESOURCE_EXHAUSTED");
   args.Flag("max-step-tokens", "N", "512", "token budget of one step (decode + prefill chunks)");
