@@ -77,7 +77,10 @@ void ThreadPool::Work(uint32_t gen, int index) {
     const int64_t e = std::min(n, units * (k + 1) / chunks * align);
     if (b < e) (*fn)(index, b, e);
     done_.fetch_add(1, std::memory_order_seq_cst);
-    if (joiner_waiting_.load(std::memory_order_seq_cst)) done_.notify_all();
+    if (joiner_waiting_.load(std::memory_order_seq_cst)) {
+      std::lock_guard<std::mutex> lock(join_mu_);
+      join_cv_.notify_all();
+    }
   }
 }
 
@@ -149,10 +152,13 @@ void ThreadPool::ParallelFor(int64_t n, int64_t align, const RangeFn& fn) {
       continue;
     }
     if (Clock::now() - start < kJoinSpinTime) continue;
+    // Block. A worker that finishes a chunk after seeing joiner_waiting_ takes
+    // join_mu_ to notify, so the wake-up cannot fall between the check of done_
+    // and the wait (std::atomic::wait is not used: libstdc++ 12's waiter pool
+    // lost a wake-up here and deadlocked the server).
+    std::unique_lock<std::mutex> lock(join_mu_);
     joiner_waiting_.store(true, std::memory_order_seq_cst);
-    for (uint32_t d = done_.load(std::memory_order_seq_cst); d != want;
-         d = done_.load(std::memory_order_seq_cst))
-      done_.wait(d, std::memory_order_seq_cst);
+    join_cv_.wait(lock, [&] { return done_.load(std::memory_order_seq_cst) == want; });
     joiner_waiting_.store(false, std::memory_order_relaxed);
     break;
   }

@@ -68,7 +68,9 @@ class ThreadPool {
   std::atomic<int64_t> units_{0};
   std::atomic<uint32_t> chunks_{0};
   std::atomic<uint32_t> done_{0};
-  std::atomic<bool> joiner_waiting_{false};  // the caller blocks in done_.wait
+  std::atomic<bool> joiner_waiting_{false};  // the caller blocks on join_cv_
+  std::mutex join_mu_;
+  std::condition_variable join_cv_;
   uint32_t generation_ = 0;  // caller only
 
   std::mutex mu_;
