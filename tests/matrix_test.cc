@@ -265,6 +265,33 @@ TEST(MatrixTest, AccumulateTransposedAllFormats) {
   }
 }
 
+TEST(MatrixTest, QuantAccumulateTransposedSameBitsOnAvx2AndAvx512) {
+  // The AVX-512 B-side kernel does the AVX2 kernel's operations per element in
+  // the same order: the low-rank path gives the same bits on either ISA.
+  if (cpu::KernelsFor("avx2") == nullptr || cpu::KernelsFor("avx512") == nullptr)
+    GTEST_SKIP() << "needs a CPU with both AVX2 and the AVX-512 table";
+  IsaGuard guard;
+  for (int bits : {2, 3, 4}) {
+    for (int group : {32, 64, 128}) {
+      const int rows = 37, cols = 333;
+      std::mt19937 rng(bits * 100 + group);
+      auto m = Build({Kind::kQuant, bits, group}, rows, cols, &rng);
+      for (int n : {1, 2, 3}) {
+        const int ldu = rows, ldy = cols + 1;
+        const auto u = RandomVec(static_cast<size_t>(n) * ldu, &rng);
+        const auto y0 = RandomVec(static_cast<size_t>(n) * ldy, &rng);
+        std::vector<float> ya = y0, yb = y0;
+        ASSERT_TRUE(cpu::SetActiveIsa("avx2"));
+        m->AccumulateTransposed(u.data(), ldu, n, rows - 5, ya.data(), ldy, 32, cols);
+        ASSERT_TRUE(cpu::SetActiveIsa("avx512"));
+        m->AccumulateTransposed(u.data(), ldu, n, rows - 5, yb.data(), ldy, 32, cols);
+        for (size_t i = 0; i < ya.size(); ++i)
+          ASSERT_EQ(ya[i], yb[i]) << "bits " << bits << " group " << group << " n " << n << " i " << i;
+      }
+    }
+  }
+}
+
 TEST(MatrixTest, QuantDequantizeRowExactAndRoundTrip) {
   IsaGuard guard;
   std::mt19937 rng(5);
