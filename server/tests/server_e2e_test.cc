@@ -168,9 +168,9 @@ TEST_F(ServerE2ETest, EachErrorCase) {
     eora::v1::AdapterInfo info;
     EXPECT_EQ(adapters_->GetAdapter(&ctx, g, &info).error_code(), grpc::NOT_FOUND);
   }
-  // Deadline: a long request with a short deadline (the whole 512-token context
-  // of stories260K takes ~15 ms at 35k tokens/s on a fast core, so 3 ms expires
-  // mid-generation; an earlier expiry is reported with the same code).
+  // Deadline: a long request with a short deadline (its 2000 tokens take ~60 ms
+  // at 35k tokens/s on a fast core, so 3 ms expires mid-generation; an earlier
+  // expiry, before the server sees the request, is reported with the same code).
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(3));
