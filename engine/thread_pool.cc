@@ -22,9 +22,13 @@ namespace {
 // leaves little for the others to wait on, few enough that claiming stays cheap.
 constexpr int64_t kChunksPerThread = 4;
 
-// How long an idle worker spins (pause) and then yields before it sleeps.
+// How long an idle worker spins (pause) and then yields before it sleeps. Short:
+// a yielding worker still burns its core when nothing else wants it (a single
+// stream on a small model kept the second core 40% busy with a 2 ms window),
+// and a sleeping worker costs a step nothing but its share (the caller claims
+// the chunks it does not take).
 constexpr auto kSpinTime = std::chrono::microseconds(200);
-constexpr auto kYieldTime = std::chrono::milliseconds(2);
+constexpr auto kYieldTime = std::chrono::microseconds(300);
 // How long the caller of ParallelFor spins for chunks still running on workers
 // before it blocks until they are done.
 constexpr auto kJoinSpinTime = std::chrono::microseconds(20);
