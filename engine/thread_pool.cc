@@ -65,18 +65,20 @@ void ThreadPool::Work(uint32_t gen, int index) {
     uint64_t s = claim_.load(std::memory_order_acquire);
     if (static_cast<uint32_t>(s >> 32) != gen) return;
     const uint32_t k = static_cast<uint32_t>(s);
-    const uint32_t chunks = chunks_.load(std::memory_order_relaxed);
-    if (k >= chunks) return;
-    const RangeFn* fn = fn_.load(std::memory_order_relaxed);
-    const int64_t n = n_.load(std::memory_order_relaxed);
-    const int64_t align = align_.load(std::memory_order_relaxed);
-    const int64_t units = units_.load(std::memory_order_relaxed);
-    // The claim succeeds only while generation `gen` is current with chunk k
-    // unclaimed, so the fields read above belong to it (the caller rewrites them
-    // only after every chunk of `gen` is done).
+    if (k >= chunks_.load(std::memory_order_acquire)) return;
     if (!claim_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
                                       std::memory_order_relaxed))
       continue;
+    // Chunk k of generation `gen` is ours. Its job's fields are read only now:
+    // the caller keeps them until every claimed chunk is done, and it closes a
+    // finished job to claims before rewriting them (see ParallelFor), so a claim
+    // can never pair an old generation with a new job's fields.
+    const uint32_t chunks = chunks_.load(std::memory_order_acquire);
+    if (k >= chunks) continue;  // unreachable (see above); claims no work
+    const RangeFn* fn = fn_.load(std::memory_order_acquire);
+    const int64_t n = n_.load(std::memory_order_acquire);
+    const int64_t align = align_.load(std::memory_order_acquire);
+    const int64_t units = units_.load(std::memory_order_acquire);
     const int64_t b = units * k / chunks * align;
     const int64_t e = std::min(n, units * (k + 1) / chunks * align);
     if (b < e) (*fn)(index, b, e);
@@ -127,15 +129,20 @@ void ThreadPool::ParallelFor(int64_t n, int64_t align, const RangeFn& fn) {
     fn(0, 0, n);
     return;
   }
-  // Publish the job. Nobody claims chunks of the previous generation any more
-  // (all were done), so the fields are free to rewrite.
-  fn_.store(&fn, std::memory_order_relaxed);
-  n_.store(n, std::memory_order_relaxed);
-  align_.store(align, std::memory_order_relaxed);
-  units_.store(units, std::memory_order_relaxed);
-  chunks_.store(static_cast<uint32_t>(chunks), std::memory_order_relaxed);
-  done_.store(0, std::memory_order_relaxed);
+  // Publish the job. First close the previous one to late claims: a worker that
+  // read its claim word just before it ended would otherwise succeed in claiming
+  // "chunk k" of the old generation after the fields below had been rewritten,
+  // and run a chunk of the new job twice (once more under the caller's own
+  // claim), or after the join (the run-twice and deadlock bugs of 2026-12-02).
+  const uint32_t prev = generation_;
   const uint32_t gen = ++generation_;
+  claim_.store((static_cast<uint64_t>(prev) << 32) | 0xFFFFFFFFu, std::memory_order_seq_cst);
+  fn_.store(&fn, std::memory_order_release);
+  n_.store(n, std::memory_order_release);
+  align_.store(align, std::memory_order_release);
+  units_.store(units, std::memory_order_release);
+  chunks_.store(static_cast<uint32_t>(chunks), std::memory_order_release);
+  done_.store(0, std::memory_order_relaxed);
   claim_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_seq_cst);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> lock(mu_);

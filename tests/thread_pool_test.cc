@@ -40,6 +40,26 @@ TEST(ThreadPool, EveryIndexOnceAndJoinsNeverHang) {
   }
 }
 
+TEST(ThreadPool, BackToBackTinyJobs) {
+  // Jobs of a few microseconds one after the other: a worker still looking at
+  // the previous job's claim word while the caller publishes the next one must
+  // not claim a chunk of the new job under the old generation (that ran a chunk
+  // twice, or after the join, and deadlocked the server).
+  for (int threads : {2, 4}) {
+    ThreadPool pool(threads);
+    std::vector<std::atomic<int>> hits(64);
+    for (int round = 0; round < 60000; ++round) {
+      const int64_t n = 2 + round % 31;
+      for (int64_t i = 0; i < n; ++i) hits[static_cast<size_t>(i)].store(0, std::memory_order_relaxed);
+      pool.ParallelFor(n, 1, [&](int, int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1, std::memory_order_relaxed);
+      });
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "threads " << threads << " round " << round << " index " << i;
+    }
+  }
+}
+
 TEST(ThreadPool, JoinsAfterWorkersWentToSleep) {
   // Gaps longer than the workers' spin and yield phases (they sleep on a condition
   // variable) between jobs: the next job must wake them, and the join still ends.
