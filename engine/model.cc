@@ -110,27 +110,30 @@ __attribute__((always_inline)) inline V8 Hsum8x8(const V8* a) {
 
 // e^x for x <= 0 (8 lanes): Cody-Waite reduction, degree-6 polynomial (the Cephes
 // expf one, about 1 ulp); lanes below -87.3 give 0.
-__attribute__((always_inline)) inline V8 ExpNeg8(V8 x) {
-  const V8 lo = V8{} - 87.33f;
-  const I8 under = x < lo;
+// V: a float vector type, I: the int32 vector of the same width.
+template <class V, class I>
+__attribute__((always_inline)) inline V ExpNegV(V x) {
+  const V lo = V{} - 87.33f;
+  const I under = x < lo;
   x = x < lo ? lo : x;
-  const V8 magic = V8{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  V8 n = x * 1.44269504088896341f + magic;
-  const I8 ni = (I8)n - (I8)magic;
+  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  V n = x * 1.44269504088896341f + magic;
+  const I ni = (I)n - (I)magic;
   n = n - magic;
-  V8 r = x - n * 0.693359375f;
+  V r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  V8 p = V8{} + 1.9875691500e-4f;
+  V p = V{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  I8 bits = (I8)p + (ni << 23);
-  bits = under ? I8{} : bits;
-  return (V8)bits;
+  I bits = (I)p + (ni << 23);
+  bits = under ? I{} : bits;
+  return (V)bits;
 }
+__attribute__((always_inline)) inline V8 ExpNeg8(V8 x) { return ExpNegV<V8, I8>(x); }
 
 // ExpApprox on 8 lanes, with the same operations in the same order.
 __attribute__((always_inline)) inline V8 ExpApprox8(V8 x) {
@@ -308,27 +311,7 @@ __attribute__((always_inline)) inline V16 LoadV16(const float* p) {
 }
 
 // ExpNeg8 on 16 lanes (same operations).
-__attribute__((always_inline)) inline V16 ExpNeg16(V16 x) {
-  const V16 lo = V16{} - 87.33f;
-  const I16 under = x < lo;
-  x = x < lo ? lo : x;
-  const V16 magic = V16{} + 12582912.0f;
-  V16 n = x * 1.44269504088896341f + magic;
-  const I16 ni = (I16)n - (I16)magic;
-  n = n - magic;
-  V16 r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  V16 p = V16{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  I16 bits = (I16)p + (ni << 23);
-  bits = under ? I16{} : bits;
-  return (V16)bits;
-}
+__attribute__((always_inline)) inline V16 ExpNeg16(V16 x) { return ExpNegV<V16, I16>(x); }
 
 __attribute__((always_inline)) inline V8 Lo8(V16 a) { return __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7); }
 __attribute__((always_inline)) inline V8 Hi8(V16 a) { return __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15); }
@@ -812,15 +795,18 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
 // waking and joining the workers costs.
 constexpr int64_t kShardMaxLayerWork = int64_t{1} << 22;
 
+// Multiply-adds of one decoder layer's linear modules per token.
+static int64_t LayerLinearMacs(const ModelConfig& c) {
+  return static_cast<int64_t>(c.dim) * (c.q_dim() + 2 * c.kv_dim()) +
+         static_cast<int64_t>(c.q_dim()) * c.dim + 3 * static_cast<int64_t>(c.dim) * c.ffn_dim;
+}
+
 int Model::ShardCount(std::span<const SequenceChunk> batch) const {
   if (pool_ == nullptr || pool_->num_threads() < 2 || batch.size() < 2) return 1;
   const ModelConfig& c = weights_->config;
   int64_t tokens = 0;
   for (const SequenceChunk& ch : batch) tokens += static_cast<int64_t>(ch.tokens.size());
-  const int64_t layer_macs = static_cast<int64_t>(c.dim) * (c.q_dim() + 2 * c.kv_dim()) +
-                             static_cast<int64_t>(c.q_dim()) * c.dim +
-                             3 * static_cast<int64_t>(c.dim) * c.ffn_dim;
-  if (tokens * layer_macs >= kShardMaxLayerWork) return 1;
+  if (tokens * LayerLinearMacs(c) >= kShardMaxLayerWork) return 1;
   return static_cast<int>(std::min<size_t>(batch.size(), static_cast<size_t>(pool_->num_threads())));
 }
 
@@ -847,9 +833,7 @@ absl::Status Model::ForwardSharded(std::span<const SequenceChunk> batch, int sha
   // plus attention over the cached positions (sequences of a decode batch sit at
   // different lengths).
   const ModelConfig& c = weights_->config;
-  const int64_t layer_macs = static_cast<int64_t>(c.dim) * (c.q_dim() + 2 * c.kv_dim()) +
-                             static_cast<int64_t>(c.q_dim()) * c.dim +
-                             3 * static_cast<int64_t>(c.dim) * c.ffn_dim;
+  const int64_t layer_macs = LayerLinearMacs(c);
   std::vector<int64_t> cost(batch.size());
   int64_t total = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
