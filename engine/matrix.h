@@ -177,7 +177,7 @@ struct MatMulOutput {
 void MatMulShared(const std::vector<MatMulOutput>& outs, const float* x, int n, int ldx,
                   ThreadPool* pool, MatMulScratch* scratch);
 
-// Name of the SIMD kernel set chosen at runtime ("avx512", "avx2", "generic").
+// Name of the SIMD kernel set chosen at runtime ("amx", "avx512", "avx2", "generic").
 const char* KernelIsaName();
 
 }  // namespace eora

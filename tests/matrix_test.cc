@@ -36,7 +36,7 @@ const int kBatch[] = {1, 2, 3, 4, 5, 8, 16, 17, 33};
 
 std::vector<std::string> Isas() {
   std::vector<std::string> out;
-  for (const char* isa : {"generic", "avx2", "avx512"}) {
+  for (const char* isa : {"generic", "avx2", "avx512", "amx"}) {
     if (cpu::KernelsFor(isa) != nullptr) out.push_back(isa);
   }
   return out;
@@ -623,7 +623,7 @@ TEST(MatrixTest, DescribeAndStorage) {
   EXPECT_TRUE((*q)->WantsQuantizedInput());
   EXPECT_EQ((*q)->StorageBytes(), 16u * 2 * 12 + 16u * 4);
   const std::string isa = KernelIsaName();
-  EXPECT_TRUE(isa == "generic" || isa == "avx2" || isa == "avx512") << isa;
+  EXPECT_TRUE(isa == "generic" || isa == "avx2" || isa == "avx512" || isa == "amx") << isa;
 }
 
 }  // namespace

@@ -7,6 +7,12 @@
 #include <memory>
 #include <vector>
 
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__linux__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace eora::cpu {
 namespace {
 
@@ -14,8 +20,10 @@ struct Tables {
   KernelTable generic;
   KernelTable avx2;
   KernelTable avx512;
+  KernelTable amx;
   bool has_avx2 = false;
   bool has_avx512 = false;
+  bool has_amx = false;
 };
 
 bool CpuHasAvx2() {
@@ -42,6 +50,30 @@ bool CpuHasAvx512() {
 #endif
 }
 
+// AMX int8 tiles (Sapphire Rapids and later): the CPU has them (CPUID leaf 7 EDX
+// bits 24 and 25), the OS saves their state (XCR0 bits 17 and 18), and Linux
+// grants this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, kernel
+// 5.16+); without that grant the first tile instruction would raise SIGILL.
+bool CpuHasAmx() {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__linux__)
+  if (!CpuHasAvx512()) return false;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid(1, a, b, c, d);
+  if (((c >> 27) & 1u) == 0) return false;  // OSXSAVE: xgetbv is usable
+  __cpuid_count(7, 0, a, b, c, d);
+  if (((d >> 24) & 1u) == 0 || ((d >> 25) & 1u) == 0) return false;  // AMX-TILE, AMX-INT8
+  unsigned xcr0_lo = 0, xcr0_hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if (((xcr0_lo >> 17) & 3u) != 3u) return false;  // XTILECFG and XTILEDATA enabled
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
 const Tables& AllTables() {
   static const Tables* tables = [] {
     auto* t = new Tables;
@@ -55,6 +87,10 @@ const Tables& AllTables() {
     t->avx512 = t->avx2;
     FillAvx512Kernels(&t->avx512);
     t->avx512.name = "avx512";
+    t->has_amx = CpuHasAmx();
+    t->amx = t->avx512;
+    FillAmxKernels(&t->amx);
+    t->amx.name = "amx";
     return t;
   }();
   return *tables;
@@ -62,7 +98,10 @@ const Tables& AllTables() {
 
 const KernelTable* ChooseDefault() {
   const Tables& t = AllTables();
-  const KernelTable* best = t.has_avx512 ? &t.avx512 : t.has_avx2 ? &t.avx2 : &t.generic;
+  const KernelTable* best = t.has_amx      ? &t.amx
+                            : t.has_avx512 ? &t.avx512
+                            : t.has_avx2   ? &t.avx2
+                                           : &t.generic;
   if (const char* env = std::getenv("EORA_ISA"); env != nullptr && *env != '\0') {
     const KernelTable* forced = KernelsFor(env);
     // Only a lower (or equal) ISA can be forced; anything else keeps the best.
@@ -87,6 +126,7 @@ const KernelTable* KernelsFor(std::string_view isa) {
   if (isa == "generic") return &t.generic;
   if (isa == "avx2") return t.has_avx2 ? &t.avx2 : nullptr;
   if (isa == "avx512") return t.has_avx512 ? &t.avx512 : nullptr;
+  if (isa == "amx") return t.has_amx ? &t.amx : nullptr;
   return nullptr;
 }
 

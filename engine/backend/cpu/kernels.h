@@ -1,6 +1,6 @@
 // CPU compute kernels of the weight formats, one table of function pointers per
 // instruction set, chosen once at runtime (CPUID, overridable downwards with the
-// environment variable EORA_ISA=generic|avx2|avx512).
+// environment variable EORA_ISA=generic|avx2|avx512|amx).
 //
 // The kernels take plain views (raw pointers and sizes, no std containers): the
 // ISA-specific translation units (kernels_avx2.cc, kernels_avx512.cc) are compiled
@@ -93,7 +93,7 @@ struct KernelTable {
 
 // The active table (chosen on first use).
 const KernelTable& Kernels();
-// Name of the active table ("avx512", "avx2", "generic").
+// Name of the active table ("amx", "avx512", "avx2", "generic").
 const char* ActiveIsaName();
 // Table for an ISA name, or nullptr if unknown or not supported by this CPU.
 const KernelTable* KernelsFor(std::string_view isa);
@@ -112,6 +112,7 @@ float* ScratchFloats(size_t n, int slot = 0);
 void FillGenericKernels(KernelTable* t);
 void FillAvx2Kernels(KernelTable* t);
 void FillAvx512Kernels(KernelTable* t);
+void FillAmxKernels(KernelTable* t);
 
 // ---- Block packing (shared definitions, see docs/formats.md) -----------------
 // Bytes of one packed block of 32 codes.
