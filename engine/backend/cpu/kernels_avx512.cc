@@ -166,6 +166,48 @@ void DenseTilePairs(const float* w, int cols, int r, int nrows, const float* xp,
 
 // Products of 2..4 activation rows keep the AVX2 register tiles.
 void (*g_avx2_dense_f32)(const void*, int, int, int, const float*, int, int, float*, int) = nullptr;
+void (*g_avx2_dense_f16)(const void*, int, int, int, const float*, int, int, float*, int) = nullptr;
+
+// Dense F16, one activation row (decode): one weight row at a time, 32 columns per
+// step, and a software prefetch into L2 running kF16PrefetchAhead bytes in front of
+// the loads. Decode streams the F16 weights from DRAM once per token and is
+// memory-bound; on the Xeon of docs/performance.md the hardware prefetchers alone
+// read ~20 GB/s with 2 threads, with this ~25 GB/s (eora-membw: 25-27 plain,
+// 28-31 with the same prefetch).
+constexpr size_t kF16PrefetchAhead = 16384;
+
+void DenseGemvF16(const uint16_t* w, int cols, int r0, int r1, const float* x, float* y) {
+  const size_t row_bytes = static_cast<size_t>(cols) * 2;
+  const char* base = reinterpret_cast<const char*>(w);
+  const char* end = base + static_cast<size_t>(r1) * row_bytes;
+  const char* pf = base + static_cast<size_t>(r0) * row_bytes;
+  for (const char* p0 = pf + kF16PrefetchAhead; pf < p0 && pf < end; pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
+  const int tail = cols % 16;
+  const __mmask16 mask = static_cast<__mmask16>((1u << tail) - 1u);
+  for (int r = r0; r < r1; ++r) {
+    const uint16_t* wr = w + static_cast<size_t>(r) * cols;
+    const char* target = reinterpret_cast<const char*>(wr + cols) + kF16PrefetchAhead;
+    for (; pf < target && pf < end; pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= cols; k += 32) {
+      a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k))), _mm512_loadu_ps(x + k), a0);
+      a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k + 16))), _mm512_loadu_ps(x + k + 16), a1);
+    }
+    if (k + 16 <= cols) {
+      a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k))), _mm512_loadu_ps(x + k), a0);
+      k += 16;
+    }
+    if (tail != 0)
+      a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, wr + k)), _mm512_maskz_loadu_ps(mask, x + k), a1);
+    y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  }
+}
+
+void DenseGemmF16(const void* wp, int cols, int r0, int r1, const float* x, int n, int ldx, float* y, int ldy) {
+  if (n == 1) return DenseGemvF16(static_cast<const uint16_t*>(wp), cols, r0, r1, x, y);
+  return g_avx2_dense_f16(wp, cols, r0, r1, x, n, ldx, y, ldy);
+}
 
 // Activation rows per call at or above which the 16-lane tiles are used (the pair
 // layout up to 8 rows, the transposed one above).
@@ -473,6 +515,8 @@ void QuantAccT(const QuantView& w, const float* u, int ldu, int n, int r, float*
 void FillAvx512Kernels(KernelTable* t) {
   g_avx2_dense_f32 = t->dense_gemm[kDenseF32];
   t->dense_gemm[kDenseF32] = DenseGemmF32;
+  g_avx2_dense_f16 = t->dense_gemm[kDenseF16];
+  t->dense_gemm[kDenseF16] = DenseGemmF16;
   for (int b = 2; b <= 4; ++b) g_avx2_quant[b] = t->quant_gemm[b];
   t->quant_gemm[2] = QuantGemmVnni<2>;
   t->quant_gemm[3] = QuantGemmVnni<3, true>;
