@@ -17,6 +17,12 @@
 
 #include "engine/backend/cpu/kernels.h"
 
+// Full unrolling of the small loops over register tiles, so that their
+// accumulators stay in registers (a loop GCC leaves rolled indexes them in memory).
+#ifndef EORA_UNROLL
+#define EORA_UNROLL _Pragma("GCC unroll 16")
+#endif
+
 namespace eora::cpu {
 namespace {
 

@@ -272,19 +272,19 @@ void QuantTileVnni(const QuantView& w, const QActView& x, float* y, int ldy, int
   const int nb = w.blocks, np = nb / 2;
   const uint8_t* rows[kR];
   const uint16_t* scs[kR];
-  for (int i = 0; i < kR; ++i) {
+  EORA_UNROLL for (int i = 0; i < kR; ++i) {
     rows[i] = w.codes + static_cast<size_t>(r + i) * w.row_bytes;
     scs[i] = w.scale + static_cast<size_t>(r + i) * w.groups;
   }
   const int8_t* q[kT];
   const float* d[kT];
-  for (int t = 0; t < kT; ++t) {
+  EORA_UNROLL for (int t = 0; t < kT; ++t) {
     q[t] = x.q + static_cast<size_t>(t0 + t) * x.padded_cols;
     d[t] = x.d + static_cast<size_t>(t0 + t) * x.nb;
   }
   __m512 acc[kR][kT];
-  for (int i = 0; i < kR; ++i)
-    for (int t = 0; t < kT; ++t) acc[i][t] = _mm512_setzero_ps();
+  EORA_UNROLL for (int i = 0; i < kR; ++i)
+    EORA_UNROLL for (int t = 0; t < kT; ++t) acc[i][t] = _mm512_setzero_ps();
   alignas(64) float sc[kR][kT][kPairChunk];
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   for (int p0 = 0; p0 < np; p0 += kPairChunk) {
@@ -294,12 +294,12 @@ void QuantTileVnni(const QuantView& w, const QActView& x, float* y, int ldy, int
     const int nbl = 2 * cnt;  // blocks in the chunk
     const __mmask16 mlo = static_cast<__mmask16>(nbl >= 16 ? 0xFFFFu : (1u << nbl) - 1u);
     const __mmask16 mhi = static_cast<__mmask16>(nbl <= 16 ? 0u : nbl >= 32 ? 0xFFFFu : (1u << (nbl - 16)) - 1u);
-    for (int t = 0; t < kT; ++t) {
+    EORA_UNROLL for (int t = 0; t < kT; ++t) {
       const float* dd = d[t] + 2 * p0;
       dp[t] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(mlo, dd), even, _mm512_maskz_loadu_ps(mhi, dd + 16));
     }
     const __mmask16 mcnt = static_cast<__mmask16>(cnt >= 16 ? 0xFFFFu : (1u << cnt) - 1u);
-    for (int i = 0; i < kR; ++i) {
+    EORA_UNROLL for (int i = 0; i < kR; ++i) {
       // Weight scale of each pair: one group per pair (group 64), one group per
       // row, or a scalar walk over the groups.
       __m512 spv;
@@ -320,18 +320,18 @@ void QuantTileVnni(const QuantView& w, const QActView& x, float* y, int ldy, int
         }
         spv = _mm512_load_ps(sp);
       }
-      for (int t = 0; t < kT; ++t) _mm512_store_ps(sc[i][t], _mm512_mul_ps(spv, dp[t]));
+      EORA_UNROLL for (int t = 0; t < kT; ++t) _mm512_store_ps(sc[i][t], _mm512_mul_ps(spv, dp[t]));
     }
     for (int j = 0; j < cnt; ++j) {
       const size_t b = 2 * static_cast<size_t>(p0 + j);
       __m512i wv[kR];
-      for (int i = 0; i < kR; ++i) {
+      EORA_UNROLL for (int i = 0; i < kR; ++i) {
         if constexpr (kVbmi) wv[i] = UnpackPair3Vbmi(rows[i] + b * kBB, vc);
         else wv[i] = UnpackPair<kBits>(rows[i] + b * kBB);
       }
-      for (int t = 0; t < kT; ++t) {
+      EORA_UNROLL for (int t = 0; t < kT; ++t) {
         const __m512i qv = _mm512_loadu_si512(q[t] + 32 * b);
-        for (int i = 0; i < kR; ++i) {
+        EORA_UNROLL for (int i = 0; i < kR; ++i) {
           const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[i], qv);
           acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(sc[i][t][j]), acc[i][t]);
         }
@@ -341,10 +341,10 @@ void QuantTileVnni(const QuantView& w, const QActView& x, float* y, int ldy, int
   float tail[kR][kT] = {};
   if (nb % 2 != 0) {
     const int b = nb - 1;
-    for (int i = 0; i < kR; ++i) {
+    EORA_UNROLL for (int i = 0; i < kR; ++i) {
       const __m256i wv = UnpackOne<kBits>(rows[i] + static_cast<size_t>(b) * kBB);
       const float s = HalfToFloat(scs[i][b / w.bpg]);
-      for (int t = 0; t < kT; ++t) {
+      EORA_UNROLL for (int t = 0; t < kT; ++t) {
         const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[t] + 32 * b));
         const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, qv);
         const __m256 f = _mm256_cvtepi32_ps(dot);
@@ -358,27 +358,27 @@ void QuantTileVnni(const QuantView& w, const QActView& x, float* y, int ldy, int
   // The min term joins the accumulators (16 groups per vector), then one
   // transposing reduction sums all kR x kT of them.
   const uint16_t* mins[kR];
-  for (int i = 0; i < kR; ++i) mins[i] = w.min + static_cast<size_t>(r + i) * w.groups;
+  EORA_UNROLL for (int i = 0; i < kR; ++i) mins[i] = w.min + static_cast<size_t>(r + i) * w.groups;
   for (int g0 = 0; g0 < w.groups; g0 += 16) {
     const int gc = w.groups - g0 < 16 ? w.groups - g0 : 16;
     const __mmask16 m = static_cast<__mmask16>(gc >= 16 ? 0xFFFFu : (1u << gc) - 1u);
     __m512 mv[kR];
-    for (int i = 0; i < kR; ++i) mv[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, mins[i] + g0));
-    for (int t = 0; t < kT; ++t) {
+    EORA_UNROLL for (int i = 0; i < kR; ++i) mv[i] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, mins[i] + g0));
+    EORA_UNROLL for (int t = 0; t < kT; ++t) {
       const __m512 gv = _mm512_maskz_loadu_ps(m, x.gsum + static_cast<size_t>(t0 + t) * x.groups + g0);
-      for (int i = 0; i < kR; ++i) acc[i][t] = _mm512_fmadd_ps(mv[i], gv, acc[i][t]);
+      EORA_UNROLL for (int i = 0; i < kR; ++i) acc[i][t] = _mm512_fmadd_ps(mv[i], gv, acc[i][t]);
     }
   }
   static_assert(kR * kT <= 16);
   __m512 v[16];
-  for (int k = 0; k < 16; ++k) {
+  EORA_UNROLL for (int k = 0; k < 16; ++k) {
     const int src = 4 * (k % 4) + k / 4;  // see Hsum16
     v[k] = src < kR * kT ? acc[src / kT][src % kT] : _mm512_setzero_ps();
   }
   alignas(64) float sums[16];
   _mm512_store_ps(sums, Hsum16(v));
-  for (int i = 0; i < kR; ++i)
-    for (int t = 0; t < kT; ++t) y[static_cast<size_t>(t0 + t) * ldy + r + i] = sums[i * kT + t] + tail[i][t];
+  EORA_UNROLL for (int i = 0; i < kR; ++i)
+    EORA_UNROLL for (int t = 0; t < kT; ++t) y[static_cast<size_t>(t0 + t) * ldy + r + i] = sums[i * kT + t] + tail[i][t];
 }
 
 template <int kBits, int kR, bool kVbmi>
