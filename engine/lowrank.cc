@@ -49,6 +49,11 @@ absl::StatusOr<std::shared_ptr<const LowRankAdapter>> LowRankAdapter::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("adapter '", adapter->name_, "' adapts no module"));
   adapter->max_rank_ = rank;
+  // Kernel-side copies (the int8 B side's rank-interleaved codes) are built here,
+  // off the serving loop, rather than by the first request that uses the adapter.
+  for (const auto& l : layers)
+    for (const LowRankFactors& f : l)
+      if (f.bt) f.bt->PrepareAccumulateTransposed();
   adapter->layers_ = std::move(layers);
   return std::shared_ptr<const LowRankAdapter>(std::move(adapter));
 }

@@ -50,8 +50,11 @@ void MatMul(const Matrix& w, const float* x, int n, int ldx, float* y, int ldy, 
   MatMulShared({{&w, y, ldy}}, x, n, ldx, pool, scratch);
 }
 
-void MatMulShared(const std::vector<MatMulOutput>& outs, const float* x, int n, int ldx,
-                  ThreadPool* pool, MatMulScratch* scratch) {
+namespace {
+
+// Shared by MatMulShared and MatMulSharedLowRank (lr empty or one term per output).
+void MatMulSharedImpl(const std::vector<MatMulOutput>& outs, const std::vector<LowRankTerm>& lr,
+                      const float* x, int n, int ldx, ThreadPool* pool, MatMulScratch* scratch) {
   if (outs.empty() || n == 0) return;
   MatMulInput in;
   in.x = x;
@@ -63,6 +66,8 @@ void MatMulShared(const std::vector<MatMulOutput>& outs, const float* x, int n, 
     want_q |= o.w->WantsQuantizedInput();
     align = std::max(align, o.w->RowAlignment());
   }
+  for (const LowRankTerm& t : lr)
+    if (t.a != nullptr) want_q |= t.a->WantsQuantizedInput();
   if (want_q) {
     scratch->qx.Quantize(x, n, outs[0].w->cols(), ldx);
     in.qx = &scratch->qx;
@@ -77,14 +82,22 @@ void MatMulShared(const std::vector<MatMulOutput>& outs, const float* x, int n, 
     total += (r + align - 1) / align * align;
     work += static_cast<int64_t>(r) * o.w->cols() * n;  // multiply-adds
   }
-  auto run = [&](int, int64_t b, int64_t e) {
+  const bool any_lr = std::any_of(lr.begin(), lr.end(), [](const LowRankTerm& t) { return t.a != nullptr; });
+  if (any_lr) PrepareLowRankU(lr, n, pool == nullptr ? 1 : pool->num_threads(), scratch);
+  auto run = [&](int who, int64_t b, int64_t e) {
+    const float* u = any_lr ? LowRankU(lr, in, who, scratch) : nullptr;
     for (size_t i = 0; i < outs.size(); ++i) {
       const int64_t s = starts[i];
       const int64_t lo = std::max<int64_t>(b, s);
       const int64_t hi = std::min<int64_t>(e, s + rows[i]);
-      if (lo < hi)
-        outs[i].w->MatMulRows(in, outs[i].y, outs[i].ldy, static_cast<int>(lo - s),
-                              static_cast<int>(hi - s));
+      const LowRankTerm* t = any_lr && lr[i].a != nullptr ? &lr[i] : nullptr;
+      if (lo < hi) {
+        outs[i].w->MatMulRows(in, outs[i].y, outs[i].ldy, static_cast<int>(lo - s), static_cast<int>(hi - s));
+        if (t != nullptr)
+          t->bt->AccumulateTransposed(u, t->r, n, t->r, outs[i].y, outs[i].ldy, static_cast<int>(lo - s),
+                                      static_cast<int>(hi - s));
+      }
+      if (t != nullptr) u += static_cast<size_t>(n) * t->r;
     }
   };
   if (pool == nullptr) {
@@ -92,6 +105,43 @@ void MatMulShared(const std::vector<MatMulOutput>& outs, const float* x, int n, 
   } else {
     pool->ParallelFor(total, align, work, run);
   }
+}
+
+}  // namespace
+
+void MatMulShared(const std::vector<MatMulOutput>& outs, const float* x, int n, int ldx,
+                  ThreadPool* pool, MatMulScratch* scratch) {
+  MatMulSharedImpl(outs, {}, x, n, ldx, pool, scratch);
+}
+
+void MatMulSharedLowRank(const std::vector<MatMulOutput>& outs, const std::vector<LowRankTerm>& lr,
+                         const float* x, int n, int ldx, ThreadPool* pool, MatMulScratch* scratch) {
+  MatMulSharedImpl(outs, lr, x, n, ldx, pool, scratch);
+}
+
+void PrepareLowRankU(const std::vector<LowRankTerm>& lr, int n, int threads, MatMulScratch* scratch) {
+  size_t need = 0;
+  for (const LowRankTerm& t : lr)
+    if (t.a != nullptr) need += static_cast<size_t>(n) * t.r;
+  if (static_cast<int>(scratch->lr_u.size()) < threads) scratch->lr_u.resize(threads);
+  for (int i = 0; i < threads; ++i)
+    if (scratch->lr_u[i].size() < need) scratch->lr_u[i].resize(need);
+  scratch->lr_ready.assign(std::max<size_t>(scratch->lr_ready.size(), threads), 0);
+}
+
+const float* LowRankU(const std::vector<LowRankTerm>& lr, const MatMulInput& in, int who,
+                      MatMulScratch* scratch) {
+  float* u = scratch->lr_u[who].data();
+  if (!scratch->lr_ready[who]) {
+    float* p = u;
+    for (const LowRankTerm& t : lr) {
+      if (t.a == nullptr) continue;
+      t.a->MatMulRows(in, p, t.r, 0, t.r);
+      p += static_cast<size_t>(in.n) * t.r;
+    }
+    scratch->lr_ready[who] = 1;
+  }
+  return u;
 }
 
 }  // namespace eora

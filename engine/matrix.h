@@ -96,6 +96,10 @@ class Matrix {
   // product stored as B^T, truncated to rank r.)
   virtual void AccumulateTransposed(const float* u, int ldu, int n, int r, float* y, int ldy,
                                     int c0, int c1) const;
+  // Builds whatever AccumulateTransposed keeps beside the stored form (the int8
+  // B side's rank-interleaved copy of quantized matrices), so that the first
+  // product does not pay for it; otherwise built on first use. Thread-safe.
+  virtual void PrepareAccumulateTransposed() const {}
 
   // Writes row r of W as floats (cols() values): reference path and embedding lookup.
   virtual void DequantizeRow(int r, float* out) const = 0;
@@ -160,6 +164,9 @@ class ThreadPool;
 // Scratch space reused across products (int8 activations).
 struct MatMulScratch {
   QuantizedActivations qx;
+  // Per thread index: u = A x of the low-rank terms (MatMulSharedLowRank).
+  std::vector<std::vector<float>> lr_u;
+  std::vector<char> lr_ready;
 };
 
 // y[t][r] = W x[t] over all rows, parallel over rows. x is [n][ldx], y [n][ldy].
@@ -176,6 +183,28 @@ struct MatMulOutput {
 };
 void MatMulShared(const std::vector<MatMulOutput>& outs, const float* x, int n, int ldx,
                   ThreadPool* pool, MatMulScratch* scratch);
+
+// A low-rank term y += (x A[:r]^T) Bt[:r] of one output of MatMulSharedLowRank
+// (a == nullptr: none).
+struct LowRankTerm {
+  const Matrix* a = nullptr;   // [R, in]
+  const Matrix* bt = nullptr;  // [R, out]
+  int r = 0;
+};
+// MatMulShared with an optional low-rank term per output (lr[i] for outs[i]), in
+// the same parallel region: each thread that takes rows first computes the whole
+// u = A[:r] x of every term itself (once per thread and call), then adds u Bt[:r]
+// to the columns of the rows it computed. That costs each thread all of the A
+// products, and saves the region (and the join) that adding the B products after
+// a shared A pass needs; the caller uses it when the A products are small (decode).
+// Results are the same bits as MatMulShared followed by AccumulateTransposed.
+void MatMulSharedLowRank(const std::vector<MatMulOutput>& outs, const std::vector<LowRankTerm>& lr,
+                         const float* x, int n, int ldx, ThreadPool* pool, MatMulScratch* scratch);
+// The u buffers of the terms for thread `who` (n * r floats each, back to back in
+// term order), computed on the first call per thread after PrepareLowRankU.
+void PrepareLowRankU(const std::vector<LowRankTerm>& lr, int n, int threads, MatMulScratch* scratch);
+const float* LowRankU(const std::vector<LowRankTerm>& lr, const MatMulInput& in, int who,
+                      MatMulScratch* scratch);
 
 // Name of the SIMD kernel set chosen at runtime ("amx", "avx512", "avx2", "generic").
 const char* KernelIsaName();

@@ -572,6 +572,13 @@ absl::Status Model::Prepare(std::span<const SequenceChunk> batch, KvCache* cache
   return absl::OkStatus();
 }
 
+// Largest A-side work (tokens x rank x input width, summed over a module group)
+// that RunLayer lets every thread repeat to keep a low-rank product in one
+// parallel region: ~5 us of int8 products, about what a region's wake-up and join
+// cost on the 2-core VM of docs/performance.md (rank 64 on stories110M shapes:
+// q/k/v 147K, down 131K multiply-adds per decoded token).
+constexpr int64_t kFusedLowRankMaxAMacs = int64_t{1} << 18;
+
 void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_factors,
                      int cache_layer, std::span<const SequenceChunk> batch, KvCache* cache,
                      LinearObserver* observer) {
@@ -656,6 +663,30 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
       }
     });
   };
+  // Small steps (decode): the A products join the base products' region
+  // redundantly, each thread computing all of u itself, and the B products follow
+  // in the same region over the rows each thread computed (MatMulSharedLowRank):
+  // one parallel region per module group instead of two. Worth it while every
+  // thread's copy of the A products costs less than a region's wake-up and join.
+  auto a_macs = [&](std::initializer_list<Module> mods) {
+    int64_t macs = 0;
+    for (Module m : mods) {
+      const Lr& a = lr[static_cast<int>(m)];
+      if (a.f) macs += static_cast<int64_t>(T) * a.r * a.f->a->cols();
+    }
+    return macs;
+  };
+  auto fuse_lr = [&](std::initializer_list<Module> mods) {
+    return uniform_lr && a_macs(mods) <= kFusedLowRankMaxAMacs;
+  };
+  auto terms = [&](std::initializer_list<Module> mods) {
+    std::vector<LowRankTerm> t;
+    for (Module m : mods) {
+      const Lr& a = lr[static_cast<int>(m)];
+      t.push_back(a.f ? LowRankTerm{a.f->a.get(), a.f->bt.get(), a.r} : LowRankTerm{});
+    }
+    return t;
+  };
   // Mixed batches: one module at a time.
   auto lowrank_mixed = [&](Module m, const float* in, int ldin, float* out, int ldout) {
     if (any_lr && !uniform_lr) ApplyLowRank(segments_, l, m, in, ldin, out, ldout, pool_, &lr_);
@@ -674,12 +705,19 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
   // ---- Attention block.
   norm_rows(L.attn_norm);
   if (observer) observer->OnLinearInput(l, Module::kQ, xn_.data(), T, dim);
-  MatMulShared(with_a({{&L.w(Module::kQ), q_.data(), qd},
-                       {&L.w(Module::kK), k_.data(), kvd},
-                       {&L.w(Module::kV), v_.data(), kvd}},
-                      {Module::kQ, Module::kK, Module::kV}),
-               xn_.data(), T, dim, pool_, &mm_);
-  apply_b({{Module::kQ, q_.data(), qd}, {Module::kK, k_.data(), kvd}, {Module::kV, v_.data(), kvd}});
+  if (fuse_lr({Module::kQ, Module::kK, Module::kV})) {
+    MatMulSharedLowRank({{&L.w(Module::kQ), q_.data(), qd},
+                         {&L.w(Module::kK), k_.data(), kvd},
+                         {&L.w(Module::kV), v_.data(), kvd}},
+                        terms({Module::kQ, Module::kK, Module::kV}), xn_.data(), T, dim, pool_, &mm_);
+  } else {
+    MatMulShared(with_a({{&L.w(Module::kQ), q_.data(), qd},
+                         {&L.w(Module::kK), k_.data(), kvd},
+                         {&L.w(Module::kV), v_.data(), kvd}},
+                        {Module::kQ, Module::kK, Module::kV}),
+                 xn_.data(), T, dim, pool_, &mm_);
+    apply_b({{Module::kQ, q_.data(), qd}, {Module::kK, k_.data(), kvd}, {Module::kV, v_.data(), kvd}});
+  }
   lowrank_mixed(Module::kQ, xn_.data(), dim, q_.data(), qd);
   lowrank_mixed(Module::kK, xn_.data(), dim, k_.data(), kvd);
   lowrank_mixed(Module::kV, xn_.data(), dim, v_.data(), kvd);
@@ -728,9 +766,14 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
     }
   });
   if (observer) observer->OnLinearInput(l, Module::kO, att_.data(), T, qd);
-  MatMulShared(with_a({{&L.w(Module::kO), tmp_.data(), dim}}, {Module::kO}), att_.data(), T, qd,
-               pool_, &mm_);
-  apply_b({{Module::kO, tmp_.data(), dim}});
+  if (fuse_lr({Module::kO})) {
+    MatMulSharedLowRank({{&L.w(Module::kO), tmp_.data(), dim}}, terms({Module::kO}), att_.data(), T, qd,
+                        pool_, &mm_);
+  } else {
+    MatMulShared(with_a({{&L.w(Module::kO), tmp_.data(), dim}}, {Module::kO}), att_.data(), T, qd,
+                 pool_, &mm_);
+    apply_b({{Module::kO, tmp_.data(), dim}});
+  }
   lowrank_mixed(Module::kO, att_.data(), qd, tmp_.data(), dim);
   add_residual();
 
@@ -740,21 +783,39 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
   const Matrix& wg = L.w(Module::kGate);
   const Matrix& wu = L.w(Module::kUp);
   const bool gate_up_lr = lr[static_cast<int>(Module::kGate)].f || lr[static_cast<int>(Module::kUp)].f;
-  if (!any_lr || (uniform_lr && !gate_up_lr)) {
-    // gate, up and SiLU(gate) * up in one region: each range of rows of both.
+  const bool gate_up_fused = gate_up_lr && fuse_lr({Module::kGate, Module::kUp});
+  if (!any_lr || (uniform_lr && !gate_up_lr) || gate_up_fused) {
+    // gate, up and SiLU(gate) * up in one region: each range of rows of both
+    // (with their low-rank terms, each thread computing u itself: see fuse_lr).
     MatMulInput in;
     in.x = xn_.data();
     in.n = T;
     in.ldx = dim;
-    if (wg.WantsQuantizedInput() || wu.WantsQuantizedInput()) {
+    const std::vector<LowRankTerm> gu =
+        gate_up_fused ? terms({Module::kGate, Module::kUp}) : std::vector<LowRankTerm>{};
+    bool want_q = wg.WantsQuantizedInput() || wu.WantsQuantizedInput();
+    for (const LowRankTerm& t : gu)
+      if (t.a != nullptr) want_q |= t.a->WantsQuantizedInput();
+    if (want_q) {
       mm_.qx.Quantize(xn_.data(), T, dim, dim);
       in.qx = &mm_.qx;
     }
+    if (gate_up_fused) PrepareLowRankU(gu, T, pool_->num_threads(), &mm_);
     const int align = std::max(wg.RowAlignment(), wu.RowAlignment());
     pool_->ParallelFor(ffn, align, static_cast<int64_t>(T) * ffn * dim * 2,
-                       [&](int, int64_t b, int64_t e) {
+                       [&](int who, int64_t b, int64_t e) {
       wg.MatMulRows(in, gate_.data(), ffn, static_cast<int>(b), static_cast<int>(e));
       wu.MatMulRows(in, up_.data(), ffn, static_cast<int>(b), static_cast<int>(e));
+      if (gate_up_fused) {
+        const float* u = LowRankU(gu, in, who, &mm_);
+        float* ys[2] = {gate_.data(), up_.data()};
+        for (int i = 0; i < 2; ++i) {
+          if (gu[i].a == nullptr) continue;
+          gu[i].bt->AccumulateTransposed(u, gu[i].r, T, gu[i].r, ys[i], ffn, static_cast<int>(b),
+                                         static_cast<int>(e));
+          u += static_cast<size_t>(T) * gu[i].r;
+        }
+      }
       for (int t = 0; t < T; ++t)
         SiluMul(gate_.data() + static_cast<size_t>(t) * ffn + b,
                 up_.data() + static_cast<size_t>(t) * ffn + b, static_cast<int>(e - b));
@@ -782,12 +843,18 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
     });
   }
   if (observer) observer->OnLinearInput(l, Module::kDown, gate_.data(), T, ffn);
-  MatMulShared(with_a({{&L.w(Module::kDown), tmp_.data(), dim}}, {Module::kDown}), gate_.data(), T,
-               ffn, pool_, &mm_);
-  apply_b({{Module::kDown, tmp_.data(), dim}});
+  if (fuse_lr({Module::kDown})) {
+    MatMulSharedLowRank({{&L.w(Module::kDown), tmp_.data(), dim}}, terms({Module::kDown}), gate_.data(), T,
+                        ffn, pool_, &mm_);
+  } else {
+    MatMulShared(with_a({{&L.w(Module::kDown), tmp_.data(), dim}}, {Module::kDown}), gate_.data(), T,
+                 ffn, pool_, &mm_);
+    apply_b({{Module::kDown, tmp_.data(), dim}});
+  }
   lowrank_mixed(Module::kDown, gate_.data(), ffn, tmp_.data(), dim);
   add_residual();
 }
+
 
 // Steps whose multiply-adds per layer (tokens x linear weights of one layer) are
 // below this are split by sequence when the pool has several threads: their

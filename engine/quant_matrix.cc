@@ -210,7 +210,60 @@ void QuantMatrix::AccumulateTransposed(const float* u, int ldu, int n, int r, fl
   c1 = std::min(c1, cols());
   r = std::min(r, rows());
   if (n <= 0 || r <= 0 || c0 >= c1) return;
-  cpu::Kernels().quant_acc_t[p_.spec.bits](view(), u, ldu, n, r, y, ldy, c0, c1);
+  const cpu::KernelTable& k = cpu::Kernels();
+  if (k.quant_acc_t_i8 != nullptr) {
+    k.quant_acc_t_i8(TransposedCopy(), u, ldu, n, r, y, ldy, c0, c1);
+    return;
+  }
+  k.quant_acc_t[p_.spec.bits](view(), u, ldu, n, r, y, ldy, c0, c1);
+}
+
+void QuantMatrix::PrepareAccumulateTransposed() const {
+  if (cpu::Kernels().quant_acc_t_i8 != nullptr) TransposedCopy();
+}
+
+size_t QuantMatrix::TransposedCopyBytes() const {
+  if (!tc_built_.load(std::memory_order_acquire)) return 0;
+  return tc_il_.size() + sizeof(float) * (tc_scale_t_.size() + tc_min_t_.size());
+}
+
+const cpu::QuantAccTView& QuantMatrix::TransposedCopy() const {
+  std::call_once(tc_once_, [this] {
+    const int R = rows(), C = cols();
+    const int r8 = (R + 7) / 8, cbs = (C + 15) / 16;
+    tc_il_.assign(static_cast<size_t>(cbs) * r8 * 64, 0);
+    std::vector<uint8_t> codes(C);
+    for (int j = 0; j < R; ++j) {
+      RowCodes(j, codes.data());
+      const int j8 = j / 8, b = j % 8;
+      const int shift = b < 4 ? 0 : 4;
+      for (int c = 0; c < C; ++c) {
+        uint8_t& byte = tc_il_[(static_cast<size_t>(c / 16) * r8 + j8) * 64 + 4 * (c % 16) + b % 4];
+        byte = static_cast<uint8_t>(byte | (codes[c] << shift));
+      }
+    }
+    const size_t stride = static_cast<size_t>(r8) * 8;
+    tc_scale_t_.assign(static_cast<size_t>(groups_) * stride, 0.f);
+    tc_min_t_.assign(static_cast<size_t>(groups_) * stride, 0.f);
+    for (int j = 0; j < R; ++j)
+      for (int g = 0; g < groups_; ++g) {
+        tc_scale_t_[g * stride + j] = F16ToF32(p_.scale_f16[static_cast<size_t>(j) * groups_ + g]);
+        tc_min_t_[g * stride + j] = F16ToF32(p_.min_f16[static_cast<size_t>(j) * groups_ + g]);
+      }
+    cpu::QuantAccTView v;
+    v.il = tc_il_.data();
+    v.scale_t = tc_scale_t_.data();
+    v.min_t = tc_min_t_.data();
+    v.rows = R;
+    v.cols = C;
+    v.r8 = r8;
+    v.col_blocks = cbs;
+    v.groups = groups_;
+    v.group_cols = groups_ == 1 ? C : bpg_ * kQBlock;
+    tc_view_ = v;
+    tc_built_.store(true, std::memory_order_release);
+  });
+  return tc_view_;
 }
 
 void QuantMatrix::DequantizeRow(int r, float* out) const {

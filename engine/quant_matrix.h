@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <atomic>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -57,7 +59,10 @@ class QuantMatrix final : public Matrix {
   void MatMulRows(const MatMulInput& in, float* y, int ldy, int r0, int r1) const override;
   void AccumulateTransposed(const float* u, int ldu, int n, int r, float* y, int ldy, int c0,
                             int c1) const override;
+  void PrepareAccumulateTransposed() const override;
   void DequantizeRow(int r, float* out) const override;
+  // Bytes of the rank-interleaved copy, once built (0 before).
+  size_t TransposedCopyBytes() const;
 
   const QuantSpec& spec() const { return p_.spec; }
   int bits() const { return p_.spec.bits; }
@@ -79,9 +84,17 @@ class QuantMatrix final : public Matrix {
 
  private:
   explicit QuantMatrix(PackedQuant p);
+  // The rank-interleaved copy for the int8 B side (cpu::QuantAccTView), built once.
+  const cpu::QuantAccTView& TransposedCopy() const;
+
   PackedQuant p_;
   int blocks_ = 0, groups_ = 0, bpg_ = 1;
   size_t row_bytes_ = 0;
+  mutable std::once_flag tc_once_;
+  mutable std::vector<uint8_t> tc_il_;
+  mutable std::vector<float> tc_scale_t_, tc_min_t_;
+  mutable cpu::QuantAccTView tc_view_;
+  mutable std::atomic<bool> tc_built_{false};
 };
 
 }  // namespace eora

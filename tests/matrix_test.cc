@@ -15,6 +15,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/backend/cpu/kernels.h"
@@ -228,6 +229,13 @@ TEST(MatrixTest, AccumulateTransposedAllFormats) {
         std::mt19937 rng(s.rows * 7 + s.cols);
         auto m = Build(c, s.rows, s.cols, &rng);
         const std::vector<float> wd = m->Dequantize();
+        // Quantized matrices on ISAs with the int8 B side: v_j = u_j * scale_jg is
+        // rounded to int8 steps of e = max_j |v_j| / 127 per row and group, which
+        // adds up to e / 2 * code_jc per term.
+        const auto* qm = dynamic_cast<const QuantMatrix*>(m.get());
+        const bool int8_b = qm != nullptr && cpu::Kernels().quant_acc_t_i8 != nullptr;
+        QuantizedWeights qw;
+        if (int8_b) qw = qm->Unpack();
         for (int n : {1, 2, 3, 5, 17}) {
           for (int rank : {s.rows, std::max(1, s.rows / 2)}) {
             const int c0s[] = {0, std::min(s.cols - 1, 5), 0};
@@ -252,7 +260,20 @@ TEST(MatrixTest, AccumulateTransposedAllFormats) {
                     ref += p;
                     absprod += std::fabs(p);
                   }
-                  ASSERT_LE(std::fabs(y[i] - ref), 1e-5 * absprod + 1e-30)
+                  double qerr = 0;
+                  if (int8_b) {
+                    const int g = qw.groups() == 1 ? 0 : col / qw.group_size_effective();
+                    double vmax = 0, codes = 0;
+                    for (int j = 0; j < rank; ++j) {
+                      const size_t jg = static_cast<size_t>(j) * qw.groups() + g;
+                      const double uj = u[static_cast<size_t>(t) * ldu + j];
+                      vmax = std::max(vmax, std::fabs(uj * qw.scale[jg]));
+                      absprod += std::fabs(uj * qw.min[jg]) + std::fabs(uj * qw.scale[jg]) * qw.codes[static_cast<size_t>(j) * s.cols + col];
+                      codes += qw.codes[static_cast<size_t>(j) * s.cols + col];
+                    }
+                    qerr = 1.001 * 0.5 * vmax / 127.0 * codes;
+                  }
+                  ASSERT_LE(std::fabs(y[i] - ref), 1e-5 * absprod + qerr + 1e-30)
                       << "n=" << n << " rank=" << rank << " c0=" << c0 << " c1=" << c1 << " t=" << t
                       << " col=" << col;
                 }
@@ -265,28 +286,82 @@ TEST(MatrixTest, AccumulateTransposedAllFormats) {
   }
 }
 
-TEST(MatrixTest, QuantAccumulateTransposedSameBitsOnAvx2AndAvx512) {
-  // The AVX-512 B-side kernel does the AVX2 kernel's operations per element in
-  // the same order: the low-rank path gives the same bits on either ISA.
-  if (cpu::KernelsFor("avx2") == nullptr || cpu::KernelsFor("avx512") == nullptr)
-    GTEST_SKIP() << "needs a CPU with both AVX2 and the AVX-512 table";
+TEST(MatrixTest, QuantAccumulateTransposedInt8SharedAcrossThreads) {
+  // The int8 B side builds its rank-interleaved copy once, on first use, from
+  // whichever thread gets there first; every thread then gets the same bits.
   IsaGuard guard;
-  for (int bits : {2, 3, 4}) {
-    for (int group : {32, 64, 128}) {
-      const int rows = 37, cols = 333;
-      std::mt19937 rng(bits * 100 + group);
-      auto m = Build({Kind::kQuant, bits, group}, rows, cols, &rng);
-      for (int n : {1, 2, 3}) {
-        const int ldu = rows, ldy = cols + 1;
-        const auto u = RandomVec(static_cast<size_t>(n) * ldu, &rng);
-        const auto y0 = RandomVec(static_cast<size_t>(n) * ldy, &rng);
-        std::vector<float> ya = y0, yb = y0;
-        ASSERT_TRUE(cpu::SetActiveIsa("avx2"));
-        m->AccumulateTransposed(u.data(), ldu, n, rows - 5, ya.data(), ldy, 32, cols);
-        ASSERT_TRUE(cpu::SetActiveIsa("avx512"));
-        m->AccumulateTransposed(u.data(), ldu, n, rows - 5, yb.data(), ldy, 32, cols);
-        for (size_t i = 0; i < ya.size(); ++i)
-          ASSERT_EQ(ya[i], yb[i]) << "bits " << bits << " group " << group << " n " << n << " i " << i;
+  bool any = false;
+  for (const std::string& isa : Isas()) {
+    ASSERT_TRUE(cpu::SetActiveIsa(isa));
+    if (cpu::Kernels().quant_acc_t_i8 == nullptr) continue;
+    any = true;
+    for (int bits : {2, 3, 4}) {
+      const int rows = 64, cols = 333;
+      std::mt19937 rng(bits);
+      auto m = Build({Kind::kQuant, bits, 64}, rows, cols, &rng);
+      const auto* qm = dynamic_cast<const QuantMatrix*>(m.get());
+      ASSERT_NE(qm, nullptr);
+      EXPECT_EQ(qm->TransposedCopyBytes(), 0u);
+      const int n = 3, ldu = rows, ldy = cols;
+      const auto u = RandomVec(static_cast<size_t>(n) * ldu, &rng);
+      std::vector<std::vector<float>> ys(4, std::vector<float>(static_cast<size_t>(n) * ldy, 0.f));
+      std::vector<std::thread> ts;
+      for (int i = 0; i < 4; ++i)
+        ts.emplace_back([&, i] { m->AccumulateTransposed(u.data(), ldu, n, 48, ys[i].data(), ldy, 0, cols); });
+      for (auto& t : ts) t.join();
+      for (int i = 1; i < 4; ++i) ASSERT_EQ(ys[i], ys[0]) << "thread " << i;
+      // Nibble codes for every 8 ranks x 16 columns, plus F32 scale and min per group and rank.
+      EXPECT_EQ(qm->TransposedCopyBytes(), static_cast<size_t>(8 * 21 * 64) + 2 * 4 * 6 * 64);
+    }
+  }
+  if (!any) GTEST_SKIP() << "no int8 B-side kernel on this CPU";
+}
+
+TEST(MatrixTest, SharedLowRankRegionEqualsSeparatePasses) {
+  // MatMulSharedLowRank (A products repeated per thread, B products on each
+  // thread's rows) gives the bits of MatMulShared with the A rows plus
+  // AccumulateTransposed afterwards, on every ISA, for dense and quantized factors.
+  IsaGuard guard;
+  for (const std::string& isa : Isas()) {
+    ASSERT_TRUE(cpu::SetActiveIsa(isa));
+    for (const Case& fc : {Case{Kind::kF16}, Case{Kind::kQuant, 4, 64}, Case{Kind::kQuant, 3, 32}}) {
+      SCOPED_TRACE(isa + " factors " + fc.Name());
+      std::mt19937 rng(7);
+      const int in = 200, rank = 24;
+      auto w1 = Build({Kind::kQuant, 4, 64}, 96, in, &rng);
+      auto w2 = Build({Kind::kF32}, 40, in, &rng);
+      auto a1 = Build(fc, rank, in, &rng), b1 = Build(fc, rank, 96, &rng);
+      auto a2 = Build(fc, rank, in, &rng), b2 = Build(fc, rank, 40, &rng);
+      for (int n : {1, 3}) {
+        const auto x = RandomVec(static_cast<size_t>(n) * in, &rng);
+        std::vector<float> y1(static_cast<size_t>(n) * 96), y2(static_cast<size_t>(n) * 40);
+        std::vector<float> e1 = y1, e2 = y2, u1(static_cast<size_t>(n) * 20), u2(static_cast<size_t>(n) * 11);
+        ThreadPool pool(2);
+        MatMulScratch scratch;
+        // Reference: base and A rows in one region, then the B products.
+        MatMulShared({{w1.get(), e1.data(), 96}, {w2.get(), e2.data(), 40}, {a1.get(), u1.data(), 20, 20},
+                      {a2.get(), u2.data(), 11, 11}},
+                     x.data(), n, in, &pool, &scratch);
+        b1->AccumulateTransposed(u1.data(), 20, n, 20, e1.data(), 96, 0, 96);
+        b2->AccumulateTransposed(u2.data(), 11, n, 11, e2.data(), 40, 0, 40);
+        for (int rep = 0; rep < 3; ++rep) {
+          std::fill(y1.begin(), y1.end(), 0.f);
+          std::fill(y2.begin(), y2.end(), 0.f);
+          MatMulSharedLowRank({{w1.get(), y1.data(), 96}, {w2.get(), y2.data(), 40}},
+                              {{a1.get(), b1.get(), 20}, {a2.get(), b2.get(), 11}}, x.data(), n, in, &pool,
+                              &scratch);
+          ASSERT_EQ(y1, e1) << "n " << n;
+          ASSERT_EQ(y2, e2) << "n " << n;
+        }
+        // An output without a term is the plain product.
+        std::fill(y1.begin(), y1.end(), 0.f);
+        std::fill(y2.begin(), y2.end(), 0.f);
+        MatMulSharedLowRank({{w1.get(), y1.data(), 96}, {w2.get(), y2.data(), 40}},
+                            {LowRankTerm{}, {a2.get(), b2.get(), 11}}, x.data(), n, in, &pool, &scratch);
+        std::vector<float> p1(static_cast<size_t>(n) * 96);
+        MatMul(*w1, x.data(), n, in, p1.data(), 96, &pool, &scratch);
+        ASSERT_EQ(y1, p1);
+        ASSERT_EQ(y2, e2);
       }
     }
   }

@@ -44,6 +44,22 @@ struct QuantView {
   size_t row_bytes = 0;  // blocks * QuantBlockBytes(bits)
 };
 
+// Rank-interleaved copy of a group-wise quantized matrix W [rows][cols], for the
+// int8 B side of low-rank products (y += u W, docs/formats.md): codes of 8
+// consecutive rows per column in 4 bytes (row 8k + b in the low nibble of byte
+// b % 4 if b < 4, else in its high nibble), 16 columns per 64-byte unit.
+struct QuantAccTView {
+  const uint8_t* il = nullptr;     // [col_blocks][r8][64]; zero past rows / cols
+  const float* scale_t = nullptr;  // [groups][8 * r8]: scale of row j in group g (0 past rows)
+  const float* min_t = nullptr;    // [groups][8 * r8]
+  int rows = 0;
+  int cols = 0;
+  int r8 = 0;          // ceil(rows / 8)
+  int col_blocks = 0;  // ceil(cols / 16)
+  int groups = 1;
+  int group_cols = 0;  // columns per group (a multiple of 32), or cols when groups == 1
+};
+
 // 2:4 sparse with F16 kept values (MatrixFormat::kSparse24).
 struct Sparse24View {
   const uint16_t* values = nullptr;  // F16 [rows][kept_blocks * 32]
@@ -84,6 +100,13 @@ struct KernelTable {
   void (*quant_acc_t[5])(const QuantView& w, const float* u, int ldu, int n, int r, float* y,
                          int ldy, int c0, int c1) = {};
   void (*quant_dequant_row[5])(const QuantView& w, int r, float* out) = {};
+  // The B side in int8 (any bits <= 4), on the rank-interleaved copy: per
+  // activation row and weight group, v_j = u_j * scale_j is quantized to int8
+  // (one scale max|v| / 127 per row and group), the codes are multiplied with
+  // vpdpbusd, and the min term sum_j u_j * min_j is added in F32. Null where the
+  // ISA has no such kernel (the float quant_acc_t runs).
+  void (*quant_acc_t_i8)(const QuantAccTView& w, const float* u, int ldu, int n, int r, float* y,
+                         int ldy, int c0, int c1) = nullptr;
 
   void (*sparse24_gemm)(const Sparse24View& w, const float* x, int n, int ldx, float* y, int ldy,
                         int r0, int r1) = nullptr;

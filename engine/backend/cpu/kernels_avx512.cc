@@ -510,6 +510,71 @@ void QuantAccT(const QuantView& w, const float* u, int ldu, int n, int r, float*
     QuantAccTRows<kBits, 1>(w, u + static_cast<size_t>(t) * ldu, ldu, r, y + static_cast<size_t>(t) * ldy, ldy, c0, c1);
 }
 
+// ---- y += u W in int8 on the rank-interleaved copy (QuantAccTView) ------------------
+// Per activation row t and weight group g: v_j = u_j * scale_jg for j < r is
+// quantized to int8 with one scale e = max|v| / 127, then for 16 columns at a time
+// vpdpbusd multiplies 4 ranks' codes with 4 ranks' v per 32-bit lane (two per 64-byte
+// unit: low and high nibbles), and y += e * sum + sum_j u_j * min_jg. A 16-column
+// block never straddles a group (groups are multiples of 32 columns).
+void QuantAccTI8(const QuantAccTView& w, const float* u, int ldu, int n, int r, float* y, int ldy, int c0,
+                 int c1) {
+  const int r8 = (r + 7) / 8;
+  const size_t stride = static_cast<size_t>(w.r8) * 8;
+  // int8 v of the current group, in 4-rank words; room for r8 * 8 ranks.
+  int32_t* qv = reinterpret_cast<int32_t*>(ScratchFloats(2 * static_cast<size_t>(r8) + 16, 0));
+  const int cb0 = c0 / 16, cb1 = (c1 + 15) / 16;
+  for (int t = 0; t < n; ++t) {
+    const float* ut = u + static_cast<size_t>(t) * ldu;
+    float* yt = y + static_cast<size_t>(t) * ldy;
+    int cur = -1;
+    __m512 ev = _mm512_setzero_ps(), mv = _mm512_setzero_ps();
+    for (int cb = cb0; cb < cb1; ++cb) {
+      const int g = w.groups == 1 ? 0 : 16 * cb / w.group_cols;
+      if (g != cur) {
+        cur = g;
+        const float* sc = w.scale_t + static_cast<size_t>(g) * stride;
+        const float* mn = w.min_t + static_cast<size_t>(g) * stride;
+        __m512 amax = _mm512_setzero_ps(), msum = _mm512_setzero_ps();
+        for (int j = 0; j < 8 * r8; j += 16) {
+          const int left = r - j;
+          const __mmask16 m = static_cast<__mmask16>(left >= 16 ? 0xFFFFu : left <= 0 ? 0u : (1u << left) - 1u);
+          const __m512 uj = _mm512_maskz_loadu_ps(m, ut + j);
+          const __m512 v = _mm512_mul_ps(uj, _mm512_maskz_loadu_ps(m, sc + j));
+          amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+          msum = _mm512_fmadd_ps(uj, _mm512_maskz_loadu_ps(m, mn + j), msum);
+        }
+        const float mx = _mm512_reduce_max_ps(amax);
+        const float e = mx / 127.f;
+        const __m512 inv = _mm512_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
+        for (int j = 0; j < 8 * r8; j += 16) {
+          const int left = r - j;
+          const __mmask16 m = static_cast<__mmask16>(left >= 16 ? 0xFFFFu : left <= 0 ? 0u : (1u << left) - 1u);
+          const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, ut + j), _mm512_maskz_loadu_ps(m, sc + j));
+          const __m128i q8 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)));
+          // Only whole 4-rank words up to 8 * r8 ranks are used.
+          const int words = (8 * r8 - j) >= 16 ? 4 : (8 * r8 - j) / 4;
+          _mm_mask_storeu_epi32(qv + j / 4, static_cast<__mmask8>((1u << words) - 1u), q8);
+        }
+        ev = _mm512_set1_ps(e);
+        mv = _mm512_set1_ps(_mm512_reduce_add_ps(msum));
+      }
+      const uint8_t* p = w.il + static_cast<size_t>(cb) * w.r8 * 64;
+      __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+      const __m512i lo_mask = _mm512_set1_epi8(0x0F);
+      for (int k = 0; k < r8; ++k) {
+        const __m512i v = _mm512_loadu_si512(p + 64 * static_cast<size_t>(k));
+        a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, lo_mask), _mm512_set1_epi32(qv[2 * k]));
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(v, 4), lo_mask), _mm512_set1_epi32(qv[2 * k + 1]));
+      }
+      const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)), ev, mv);
+      const int k0 = 16 * cb;
+      const int lo = c0 > k0 ? c0 : k0, hi = c1 < k0 + 16 ? c1 : k0 + 16;
+      const __mmask16 m = static_cast<__mmask16>(((1u << (hi - k0)) - 1u) & ~((1u << (lo - k0)) - 1u));
+      _mm512_mask_storeu_ps(yt + k0, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, yt + k0), f));
+    }
+  }
+}
+
 }  // namespace
 
 void FillAvx512Kernels(KernelTable* t) {
@@ -524,6 +589,7 @@ void FillAvx512Kernels(KernelTable* t) {
   t->quant_acc_t[2] = QuantAccT<2>;
   t->quant_acc_t[3] = QuantAccT<3>;
   t->quant_acc_t[4] = QuantAccT<4>;
+  t->quant_acc_t_i8 = QuantAccTI8;
 }
 
 }  // namespace eora::cpu
