@@ -66,6 +66,15 @@ size_t LowRankAdapter::bytes() const {
   return b;
 }
 
+size_t LowRankAdapter::resident_bytes() const {
+  size_t b = 0;
+  for (const auto& l : layers_)
+    for (const auto& f : l)
+      if (f.a)
+        b += f.a->StorageBytes() + f.a->AuxiliaryBytes() + f.bt->StorageBytes() + f.bt->AuxiliaryBytes();
+  return b;
+}
+
 size_t LowRankAdapter::BytesPerToken(int r) const {
   if (max_rank_ == 0) return 0;
   r = std::clamp(r, 0, max_rank_);

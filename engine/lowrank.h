@@ -47,6 +47,9 @@ class LowRankAdapter {
   }
   // Bytes of all factors as stored.
   size_t bytes() const;
+  // Bytes in memory: the factors plus the kernels' copies of them (the int8 B
+  // side's rank-interleaved codes, on AVX-512 CPUs). What a memory tier holds.
+  size_t resident_bytes() const;
   // Bytes read per decoded token at rank r (all adapted modules).
   size_t BytesPerToken(int r) const;
 

@@ -100,6 +100,8 @@ class Matrix {
   // B side's rank-interleaved copy of quantized matrices), so that the first
   // product does not pay for it; otherwise built on first use. Thread-safe.
   virtual void PrepareAccumulateTransposed() const {}
+  // Bytes held beside the stored form (that copy, once built).
+  virtual size_t AuxiliaryBytes() const { return 0; }
 
   // Writes row r of W as floats (cols() values): reference path and embedding lookup.
   virtual void DequantizeRow(int r, float* out) const = 0;

@@ -63,6 +63,7 @@ class QuantMatrix final : public Matrix {
   void DequantizeRow(int r, float* out) const override;
   // Bytes of the rank-interleaved copy, once built (0 before).
   size_t TransposedCopyBytes() const;
+  size_t AuxiliaryBytes() const override { return TransposedCopyBytes(); }
 
   const QuantSpec& spec() const { return p_.spec; }
   int bits() const { return p_.spec.bits; }

@@ -129,7 +129,7 @@ void AdapterRegistry::RunJob(const Job& job) {
   Entry* e = it == entries_.end() ? nullptr : &it->second;
   if (st.ok() && e == nullptr) st = absl::AbortedError("adapter was removed while loading");
   if (st.ok()) {
-    const size_t bytes = loaded->adapter->bytes();
+    const size_t bytes = loaded->adapter->resident_bytes();
     if (bytes > options_.device_budget_bytes) {
       st = absl::ResourceExhaustedError(absl::StrCat(
           "adapter '", job.id, "' needs ", bytes, " bytes, more than the device tier budget of ",
