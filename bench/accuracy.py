@@ -421,7 +421,7 @@ def main():
       "Perplexity: `eora perplexity --protocol llama-cpp --ctx 256` on the first 100,000 bytes of "
       "TinyStories `valid.txt` (**TS**) and of WikiText-2 `test.txt` (**WT**, out of domain). "
       "Compression is channel-wise asymmetric unless a group size is given; adapters are "
-      "F16 unless marked q4/q3 (4/3-bit factors, per rank component, asymmetric). "
+      "F16 unless marked q4/q3 (4/3-bit factors, groups of 64 along each rank component, asymmetric). "
       "Gap recovered = (ppl_c − ppl) / (ppl_c − ppl_F32).\n")
     w("Adapters are fitted with `eora fit-adapter --one-pass` (one forward pass per layer collects "
       "the inputs of all its modules; layer i+1 still sees the compensated layer i). The CLI's "

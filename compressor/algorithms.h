@@ -112,8 +112,9 @@ struct CalderaResult {
 absl::StatusOr<CalderaResult> Caldera(const float* w, int m, int n, const CalibStats& s,
                                       const CalderaConfig& config);
 
-// Quantizes factors per rank component (rows of A, rows of B^T = columns of B),
-// asymmetric, one group per row, to `bits` (3 or 4), GPTQ-style on the factors when
+// Quantizes factors along each rank component (rows of A, rows of B^T = columns of
+// B), asymmetric, in groups of 64 (a shorter row is one group), to `bits` (2-4),
+// GPTQ-style on the factors when
 // stats are given (inputs of A are x; of B are A x), else RTN. Returns engine
 // matrices for A [r x n] and Bt [r x m].
 absl::StatusOr<QuantizedFactors> QuantizeFactors(const LowRank& lr, int bits,

@@ -117,7 +117,7 @@ absl::StatusOr<CalderaResult> Caldera(const float* w, int m, int n, const CalibS
       LrState cur;
       auto prep_l = internal::PrepareObs(g, k, 0.01, false);
       if (!prep_l.ok()) return prep_l.status();
-      cur.ql = internal::GptqColumns(l.data(), m, k, &*prep_l, cfg.bits_lr, 128, &cur.l);
+      cur.ql = internal::GptqColumns(l.data(), m, k, &*prep_l, cfg.bits_lr, 0, 128, &cur.l);
       // R <- L_q^+ E, then quantize R with GPTQ on H, one group per row.
       std::vector<double> g2(static_cast<size_t>(k) * k);
       linalg::Gemm(true, false, k, k, m, 1.0, cur.l.data(), k, cur.l.data(), k, 0.0, g2.data(), k);

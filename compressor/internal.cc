@@ -234,8 +234,8 @@ QuantizedWeights GptqRows(const double* w, int m, int n, const ObsPrep* prep, in
   return ToQuantizedWeights(m, n, bits, group_size, qz.codes(), qz.params(), qz.groups());
 }
 
-QuantizedWeights GptqColumns(const double* w, int m, int n, const ObsPrep* prep, int bits, int block,
-                             std::vector<double>* wq) {
+QuantizedWeights GptqColumns(const double* w, int m, int n, const ObsPrep* prep, int bits, int group_rows,
+                             int block, std::vector<double>* wq) {
   // Columns are processed in their natural order (prep must not be permuted).
   std::vector<double> work(w, w + static_cast<size_t>(m) * n);
   if (prep != nullptr)
@@ -243,19 +243,24 @@ QuantizedWeights GptqColumns(const double* w, int m, int n, const ObsPrep* prep,
       if (prep->dead[c])
         for (int r = 0; r < m; ++r) work[static_cast<size_t>(r) * n + c] = 0.0;
   const int maxq = (1 << bits) - 1;
+  const int g = group_rows <= 0 || group_rows >= m ? m : group_rows;
+  const int groups = (m + g - 1) / g;
   std::vector<uint8_t> codes_t(static_cast<size_t>(n) * m);  // [n][m]
-  std::vector<GroupParams> params(n);
+  std::vector<GroupParams> params(static_cast<size_t>(n) * groups);
   ObsSweep(work.data(), m, n, prep, block, [&](int p, const double* cur, double* q) {
-    const GroupParams gp = FindParams(cur + p, m, n, bits, /*symmetric=*/false);
-    params[p] = gp;
-    for (int r = 0; r < m; ++r) {
-      const uint8_t code = QuantizeCode(cur[static_cast<size_t>(r) * n + p], gp, maxq);
-      codes_t[static_cast<size_t>(p) * m + r] = code;
-      q[r] = Dequant(code, gp);
+    for (int gi = 0; gi < groups; ++gi) {
+      const int r0 = gi * g, r1 = std::min(m, r0 + g);
+      const GroupParams gp = FindParams(cur + static_cast<size_t>(r0) * n + p, r1 - r0, n, bits, /*symmetric=*/false);
+      params[static_cast<size_t>(p) * groups + gi] = gp;
+      for (int r = r0; r < r1; ++r) {
+        const uint8_t code = QuantizeCode(cur[static_cast<size_t>(r) * n + p], gp, maxq);
+        codes_t[static_cast<size_t>(p) * m + r] = code;
+        q[r] = Dequant(code, gp);
+      }
     }
   });
   if (wq != nullptr) *wq = work;
-  return ToQuantizedWeights(n, m, bits, 0, codes_t, params, 1);
+  return ToQuantizedWeights(n, m, bits, group_rows > 0 ? group_rows : 0, codes_t, params, groups);
 }
 
 // ---- Helpers ------------------------------------------------------------------------------

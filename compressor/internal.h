@@ -101,11 +101,12 @@ QuantizedWeights ToQuantizedWeights(int m, int n, int bits, int group_size,
 QuantizedWeights GptqRows(const double* w, int m, int n, const ObsPrep* prep, int bits,
                           int group_size, bool symmetric, int block, std::vector<double>* wq);
 
-// GPTQ (prep != null) or RTN of w [m][n] where each column is one group (all m rows
-// share a scale and min): used for B, whose storage is B^T with one group per row.
-// Returns the quantized B^T [n][m]; *wq gets the dequantized B [m][n].
-QuantizedWeights GptqColumns(const double* w, int m, int n, const ObsPrep* prep, int bits, int block,
-                             std::vector<double>* wq);
+// GPTQ (prep != null) or RTN of w [m][n] where each column is quantized in groups
+// of `group_rows` consecutive rows (<= 0 or >= m: the whole column is one group):
+// used for B, whose storage is B^T with groups along its rows. Returns the
+// quantized B^T [n][m]; *wq gets the dequantized B [m][n].
+QuantizedWeights GptqColumns(const double* w, int m, int n, const ObsPrep* prep, int bits, int group_rows,
+                             int block, std::vector<double>* wq);
 
 // Helpers.
 absl::Status ValidateShape(const char* what, int m, int n);

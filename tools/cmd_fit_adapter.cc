@@ -30,7 +30,7 @@ int RunFitAdapter(int argc, char** argv) {
   args.Flag("compressed", "DIR", "", "compressed base model directory from 'eora compress' (required)");
   args.Flag("method", "NAME", "eora", "eora | svd | act-s | slim");
   args.Flag("rank", "R", "", "adapter rank (required)");
-  args.Flag("adapter-bits", "B", "16", "factor storage: 16 (F16), 32 (F32), 4 or 3 (quantized per row)");
+  args.Flag("adapter-bits", "B", "16", "factor storage: 16 (F16), 32 (F32), 4 or 3 (quantized in groups of 64 along each rank component)");
   args.Flag("calib", "FILE", "",
             "calibration text (documents split on <|endoftext|>) or a .tokens file of ids (required)");
   args.Flag("calib-seqs", "N", "128", "calibration sequences used for the fit");
