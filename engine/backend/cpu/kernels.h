@@ -126,8 +126,9 @@ bool SetActiveIsa(std::string_view isa);
 
 // Thread-local float scratch of at least n elements, one buffer per slot (0..3; valid
 // until the next call on the same thread and slot). Defined in portable code.
-// Kernels use slot 0; the matrix classes use slot 1 for QActView::gsum and slot 2
-// for row scratch.
+// Kernels use slot 0 (and slot 3 for a second buffer: the F16/BF16 tiles' converted
+// weights); the matrix classes use slot 1 for QActView::gsum and slot 2 for row
+// scratch.
 float* ScratchFloats(size_t n, int slot = 0);
 
 // Fill functions of the ISA translation units: override entries of `t`, which

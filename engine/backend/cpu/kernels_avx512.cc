@@ -166,7 +166,7 @@ void DenseTilePairs(const float* w, int cols, int r, int nrows, const float* xp,
 
 // Products of 2..4 activation rows keep the AVX2 register tiles.
 void (*g_avx2_dense_f32)(const void*, int, int, int, const float*, int, int, float*, int) = nullptr;
-void (*g_avx2_dense_f16)(const void*, int, int, int, const float*, int, int, float*, int) = nullptr;
+void (*g_avx2_dense_half[3])(const void*, int, int, int, const float*, int, int, float*, int) = {};
 
 // Dense F16, one activation row (decode): one weight row at a time, 32 columns per
 // step, and a software prefetch into L2 running kF16PrefetchAhead bytes in front of
@@ -204,10 +204,6 @@ void DenseGemvF16(const uint16_t* w, int cols, int r0, int r1, const float* x, f
   }
 }
 
-void DenseGemmF16(const void* wp, int cols, int r0, int r1, const float* x, int n, int ldx, float* y, int ldy) {
-  if (n == 1) return DenseGemvF16(static_cast<const uint16_t*>(wp), cols, r0, r1, x, y);
-  return g_avx2_dense_f16(wp, cols, r0, r1, x, n, ldx, y, ldy);
-}
 
 // Activation rows per call at or above which the 16-lane tiles are used (the pair
 // layout up to 8 rows, the transposed one above).
@@ -232,6 +228,59 @@ void DenseGemmF32(const void* wp, int cols, int r0, int r1, const float* x, int 
     int r = r0;
     for (; r + 16 <= r1; r += 16) DenseTile16<true>(w, cols, r, 16, xt, m, yt, ldy);
     if (r < r1) DenseTile16<false>(w, cols, r, r1 - r, xt, m, yt, ldy);
+  }
+}
+
+// Dense F16 / BF16: one activation row streams the weights (DenseGemvF16; BF16
+// keeps the AVX2 GEMV); 2-4 rows keep the AVX2 tiles; 5 or more convert each tile
+// of 16 weight rows to F32 once (exact) and run the F32 tiles on it against all
+// activation blocks, so a conversion serves every activation row.
+template <int kType>
+void DenseGemmHalf(const void* wp, int cols, int r0, int r1, const float* x, int n, int ldx, float* y, int ldy) {
+  static_assert(kType == kDenseF16 || kType == kDenseBF16);
+  if constexpr (kType == kDenseF16) {
+    if (n == 1) return DenseGemvF16(static_cast<const uint16_t*>(wp), cols, r0, r1, x, y);
+  }
+  if (n < kTransposedMinRows) return g_avx2_dense_half[kType](wp, cols, r0, r1, x, n, ldx, y, ldy);
+  const int nblk = (n + 15) / 16;
+  const size_t xsz = static_cast<size_t>(cols + 1) * 16;
+  float* xt = ScratchFloats(xsz * nblk, 0);
+  for (int b = 0; b < nblk; ++b) {
+    const int m = n - 16 * b < 16 ? n - 16 * b : 16;
+    const float* xb = x + static_cast<size_t>(16 * b) * ldx;
+    if (m <= 8) PairActivations(xb, ldx, m, cols, xt + b * xsz);
+    else TransposeActivations(xb, ldx, m, cols, xt + b * xsz);
+  }
+  float* wt = ScratchFloats(static_cast<size_t>(cols) * 16 + 16, 3);
+  const uint16_t* w = static_cast<const uint16_t*>(wp);
+  const int tail = cols % 16;
+  const __mmask16 tmask = static_cast<__mmask16>((1u << tail) - 1u);
+  auto to_f32 = [](__m256i h) {
+    if constexpr (kType == kDenseF16) return _mm512_cvtph_ps(h);
+    else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  };
+  for (int r = r0; r < r1; r += 16) {
+    const int nrows = r1 - r < 16 ? r1 - r : 16;
+    for (int i = 0; i < nrows; ++i) {
+      const uint16_t* src = w + static_cast<size_t>(r + i) * cols;
+      float* dst = wt + static_cast<size_t>(i) * cols;
+      int k = 0;
+      for (; k + 16 <= cols; k += 16)
+        _mm512_storeu_ps(dst + k, to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k))));
+      if (tail != 0) _mm512_mask_storeu_ps(dst + k, tmask, to_f32(_mm256_maskz_loadu_epi16(tmask, src + k)));
+    }
+    for (int b = 0; b < nblk; ++b) {
+      const int m = n - 16 * b < 16 ? n - 16 * b : 16;
+      float* yt = y + static_cast<size_t>(16 * b) * ldy + r;
+      const float* xb = xt + b * xsz;
+      if (m <= 8) {
+        if (nrows == 16) DenseTilePairs<true>(wt, cols, 0, 16, xb, m, yt, ldy);
+        else DenseTilePairs<false>(wt, cols, 0, nrows, xb, m, yt, ldy);
+      } else {
+        if (nrows == 16) DenseTile16<true>(wt, cols, 0, 16, xb, m, yt, ldy);
+        else DenseTile16<false>(wt, cols, 0, nrows, xb, m, yt, ldy);
+      }
+    }
   }
 }
 
@@ -580,8 +629,10 @@ void QuantAccTI8(const QuantAccTView& w, const float* u, int ldu, int n, int r, 
 void FillAvx512Kernels(KernelTable* t) {
   g_avx2_dense_f32 = t->dense_gemm[kDenseF32];
   t->dense_gemm[kDenseF32] = DenseGemmF32;
-  g_avx2_dense_f16 = t->dense_gemm[kDenseF16];
-  t->dense_gemm[kDenseF16] = DenseGemmF16;
+  g_avx2_dense_half[kDenseF16] = t->dense_gemm[kDenseF16];
+  g_avx2_dense_half[kDenseBF16] = t->dense_gemm[kDenseBF16];
+  t->dense_gemm[kDenseF16] = DenseGemmHalf<kDenseF16>;
+  t->dense_gemm[kDenseBF16] = DenseGemmHalf<kDenseBF16>;
   for (int b = 2; b <= 4; ++b) g_avx2_quant[b] = t->quant_gemm[b];
   t->quant_gemm[2] = QuantGemmVnni<2>;
   t->quant_gemm[3] = QuantGemmVnni<3, true>;
