@@ -469,6 +469,99 @@ void QuantGemmVnni(const QuantView& w, const QActView& x, float* y, int ldy, int
   for (; r < r1; ++r) QuantRowsVnni<kBits, 1, kVbmi>(w, x, y, ldy, r);
 }
 
+// ---- 2:4 sparse, quantized kept values, VNNI + VBMI ----------------------------------
+// A pair of kept blocks (64 slots) covers 128 columns, i.e. 4 activation blocks, one
+// aligned span of the activation scale (x.span % 4 == 0), and lies in one weight
+// group (bpg even, or one group per row). Per pair, row and activation row:
+// vpermi2b gathers the 64 activation bytes of the slots from the 128 columns (index
+// = 64 * block + 4 * (slot / 2) + position), then vpdpbusd gives sum(code * q) and
+// sum(q) over the kept slots (the min term needs the latter per row). Other layouts
+// keep the AVX2 kernel.
+void (*g_avx2_sparse24q[5])(const Sparse24QuantView&, const QActView&, float*, int, int, int) = {};
+
+template <int kBits, int kT>
+void Sparse24QRowVnni(const Sparse24QuantView& w, const QActView& x, float* y, int ldy, int r, int t0) {
+  constexpr int kBB = QuantBlockBytes(kBits);
+  const QuantView& qv = w.q;
+  const int kb = qv.blocks, np = (kb + 1) / 2;
+  const uint8_t* codes = qv.codes + static_cast<size_t>(r) * qv.row_bytes;
+  const uint8_t* meta = w.meta + static_cast<size_t>(r) * kb * 8;
+  const uint16_t* sc = qv.scale + static_cast<size_t>(r) * qv.groups;
+  const uint16_t* mn = qv.min + static_cast<size_t>(r) * qv.groups;
+  alignas(64) static constexpr uint8_t kBase[64] = {
+      0,  0,  4,  4,  8,  8,  12, 12, 16, 16, 20, 20, 24, 24, 28, 28, 32, 32, 36, 36, 40, 40,
+      44, 44, 48, 48, 52, 52, 56, 56, 60, 60, 64, 64, 68, 68, 72, 72, 76, 76, 80, 80, 84, 84,
+      88, 88, 92, 92, 96, 96, 100, 100, 104, 104, 108, 108, 112, 112, 116, 116, 120, 120, 124, 124};
+  const __m512i base = _mm512_load_si512(kBase);
+  const __m512i ones = _mm512_set1_epi8(1);
+  [[maybe_unused]] Vbmi3Consts vc;
+  if constexpr (kBits == 3) vc = LoadVbmi3Consts();
+  __m512 acc[kT];
+  EORA_UNROLL for (int t = 0; t < kT; ++t) acc[t] = _mm512_setzero_ps();
+  const int ppg = qv.groups == 1 ? np + 1 : qv.bpg / 2;  // pairs per weight group
+  int g = 0, in_group = 0;
+  for (int p = 0; p < np; ++p) {
+    if (in_group == ppg) {
+      ++g;
+      in_group = 0;
+    }
+    ++in_group;
+    const bool full = 2 * p + 1 < kb;
+    __m512i idx, cv;
+    if (full) {
+      idx = UnpackPair<2>(meta + 16 * static_cast<size_t>(p));
+      if constexpr (kBits == 3) cv = UnpackPair3Vbmi(codes + 2 * static_cast<size_t>(p) * kBB, vc);
+      else cv = UnpackPair<kBits>(codes + 2 * static_cast<size_t>(p) * kBB);
+    } else {
+      idx = _mm512_zextsi256_si512(UnpackOne<2>(meta + 16 * static_cast<size_t>(p)));
+      cv = _mm512_zextsi256_si512(UnpackOne<kBits>(codes + 2 * static_cast<size_t>(p) * kBB));
+    }
+    idx = _mm512_add_epi8(idx, base);
+    const float s = HalfToFloat(sc[g]), m = HalfToFloat(mn[g]);
+    // Activation bytes [128p, 128p + 128) that exist in the padded row.
+    const int left = x.padded_cols - 128 * p;
+    const __mmask64 m0 = left >= 64 ? ~__mmask64{0} : (__mmask64{1} << left) - 1;
+    const __mmask64 m1 = left >= 128 ? ~__mmask64{0} : left <= 64 ? 0 : (__mmask64{1} << (left - 64)) - 1;
+    EORA_UNROLL for (int t = 0; t < kT; ++t) {
+      const int8_t* xq = x.q + static_cast<size_t>(t0 + t) * x.padded_cols + 128 * static_cast<size_t>(p);
+      const __m512i lo = _mm512_maskz_loadu_epi8(m0, xq), hi = _mm512_maskz_loadu_epi8(m1, xq + 64);
+      const __m512i gq = _mm512_permutex2var_epi8(lo, idx, hi);
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), cv, gq);
+      const __m512i qs = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, gq);
+      const float d = x.d[static_cast<size_t>(t0 + t) * x.nb + 4 * p];
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(d * s), acc[t]);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(qs), _mm512_set1_ps(d * m), acc[t]);
+    }
+  }
+  EORA_UNROLL for (int t = 0; t < kT; ++t) y[static_cast<size_t>(t0 + t) * ldy + r] = _mm512_reduce_add_ps(acc[t]);
+}
+
+template <int kBits>
+void Sparse24QGemmVnni(const Sparse24QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
+  if (x.span % 4 != 0 || (w.q.groups > 1 && w.q.bpg % 2 != 0))
+    return g_avx2_sparse24q[kBits](w, x, y, ldy, r0, r1);
+  const size_t meta_bytes = static_cast<size_t>(w.q.blocks) * 8;
+  auto prefetch_row = [&](int r) {
+    if (r >= r1) return;
+    const char* c = reinterpret_cast<const char*>(w.q.codes + static_cast<size_t>(r) * w.q.row_bytes);
+    for (size_t off = 0; off < w.q.row_bytes; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
+    const char* m = reinterpret_cast<const char*>(w.meta + static_cast<size_t>(r) * meta_bytes);
+    for (size_t off = 0; off < meta_bytes; off += 64) _mm_prefetch(m + off, _MM_HINT_T0);
+  };
+  for (int i = 0; i < 16; ++i) prefetch_row(r0 + i);
+  for (int r = r0; r < r1; ++r) {
+    prefetch_row(r + 16);  // the code and metadata streams of a row, 16 rows ahead
+    int t = 0;
+    for (; t + 4 <= x.n; t += 4) Sparse24QRowVnni<kBits, 4>(w, x, y, ldy, r, t);
+    switch (x.n - t) {
+      case 3: Sparse24QRowVnni<kBits, 3>(w, x, y, ldy, r, t); break;
+      case 2: Sparse24QRowVnni<kBits, 2>(w, x, y, ldy, r, t); break;
+      case 1: Sparse24QRowVnni<kBits, 1>(w, x, y, ldy, r, t); break;
+      default: break;
+    }
+  }
+}
+
 // ---- y += u W (the B side of a low-rank product), group-wise quantized ----------------
 // Float accumulation as in the AVX2 kernel, with the same operations per element
 // in the same order (so the results are bit-identical), but two blocks of codes
@@ -641,6 +734,10 @@ void FillAvx512Kernels(KernelTable* t) {
   t->quant_acc_t[3] = QuantAccT<3>;
   t->quant_acc_t[4] = QuantAccT<4>;
   t->quant_acc_t_i8 = QuantAccTI8;
+  for (int b = 2; b <= 4; ++b) g_avx2_sparse24q[b] = t->sparse24q_gemm[b];
+  t->sparse24q_gemm[2] = Sparse24QGemmVnni<2>;
+  t->sparse24q_gemm[3] = Sparse24QGemmVnni<3>;
+  t->sparse24q_gemm[4] = Sparse24QGemmVnni<4>;
 }
 
 }  // namespace eora::cpu
