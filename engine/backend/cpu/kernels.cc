@@ -2,6 +2,7 @@
 #include "engine/backend/cpu/kernels.h"
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -143,9 +144,10 @@ float* ScratchFloats(size_t n, int slot) {
   slot &= 3;
   if (n > cap[slot]) {
     cap[slot] = n + 64;
-    buf[slot].reset(new float[cap[slot]]);
+    buf[slot].reset(new float[cap[slot] + 16]);  // 16 floats of room to align
   }
-  return buf[slot].get();
+  const uintptr_t p = reinterpret_cast<uintptr_t>(buf[slot].get());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t{63});
 }
 
 }  // namespace eora::cpu

@@ -124,8 +124,8 @@ const KernelTable* KernelsFor(std::string_view isa);
 // is unknown or unsupported. Not to be called while products run on other threads.
 bool SetActiveIsa(std::string_view isa);
 
-// Thread-local float scratch of at least n elements, one buffer per slot (0..3; valid
-// until the next call on the same thread and slot). Defined in portable code.
+// Thread-local float scratch of at least n elements, 64-byte aligned, one buffer per
+// slot (0..3; valid until the next call on the same thread and slot). Defined in portable code.
 // Kernels use slot 0 (and slot 3 for a second buffer: the F16/BF16 tiles' converted
 // weights); the matrix classes use slot 1 for QActView::gsum and slot 2 for row
 // scratch.

@@ -24,7 +24,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 
 #include "engine/backend/cpu/avx512_common.h"
 #include "engine/backend/cpu/kernels.h"
@@ -51,22 +50,6 @@ TileConfig MakeConfig() {
     c.rows[t] = 16;
   }
   return c;
-}
-
-// Thread-local 64-byte aligned scratch, grown on demand.
-uint8_t* Scratch(size_t bytes, int slot) {
-  struct Buf {
-    std::unique_ptr<uint8_t[]> mem;
-    size_t cap = 0;
-  };
-  thread_local Buf buf[3];
-  Buf& b = buf[slot];
-  if (bytes + 64 > b.cap) {
-    b.cap = bytes + 64 + bytes / 4;
-    b.mem.reset(new uint8_t[b.cap]);
-  }
-  const uintptr_t p = reinterpret_cast<uintptr_t>(b.mem.get());
-  return reinterpret_cast<uint8_t*>((p + 63) & ~uintptr_t{63});
 }
 
 // Fewer activation rows than this go to the VNNI kernels (a tile of 16 activation
@@ -137,19 +120,19 @@ void QuantGemmAmx(const QuantView& w, const QActView& x, float* y, int ldy, int 
     return g_vnni_quant[kBits](w, x, y, ldy, r0, r1);
   const int np = (w.blocks + 1) / 2;
   const int mtiles = (x.n + 15) / 16;
-  // Scratch: activation tiles, per-pair d and per-group sums of the activation
-  // rows (16 lanes each), the code panel, per-pair scales, mins, the C tiles.
-  uint8_t* act = Scratch(static_cast<size_t>(mtiles) * np * 1024, 0);
-  float* fl = reinterpret_cast<float*>(
-      Scratch(sizeof(float) * 16 * (static_cast<size_t>(mtiles) * (np + w.groups) + static_cast<size_t>(np) + w.groups) +
-                  2 * 1024,
-              1));
-  float* dpair = fl;                                          // [mtiles][np][16]
-  float* gsum = dpair + static_cast<size_t>(mtiles) * np * 16;  // [mtiles][groups][16]
-  float* spair = gsum + static_cast<size_t>(mtiles) * w.groups * 16;  // [np][16 rows]
+  // One scratch buffer (slot 0, 64-byte aligned; slot 1 holds x.gsum): activation
+  // tiles, the code panel, then per-pair d and per-group sums of the activation rows
+  // (16 lanes each), per-pair scales, mins, and two C tiles. Every part is a multiple
+  // of 64 bytes.
+  const size_t act_bytes = static_cast<size_t>(mtiles) * np * 1024, panel_bytes = static_cast<size_t>(np) * 1024;
+  const size_t floats = 16 * (static_cast<size_t>(mtiles) * (np + w.groups) + np + w.groups) + 512;
+  uint8_t* act = reinterpret_cast<uint8_t*>(ScratchFloats((act_bytes + panel_bytes) / 4 + floats, 0));
+  uint8_t* panel = act + act_bytes;
+  float* dpair = reinterpret_cast<float*>(panel + panel_bytes);       // [mtiles][np][16]
+  float* gsum = dpair + static_cast<size_t>(mtiles) * np * 16;          // [mtiles][groups][16]
+  float* spair = gsum + static_cast<size_t>(mtiles) * w.groups * 16;   // [np][16 rows]
   float* mins = spair + static_cast<size_t>(np) * 16;                  // [groups][16 rows]
   int32_t* ctile = reinterpret_cast<int32_t*>(mins + static_cast<size_t>(w.groups) * 16);  // 2 x 256
-  uint8_t* panel = Scratch(static_cast<size_t>(np) * 1024, 2);
 
   for (int mt = 0; mt < mtiles; ++mt) {
     PackActivationTiles(x, 16 * mt, np, act + static_cast<size_t>(mt) * np * 1024);

@@ -540,17 +540,18 @@ template <int kBits>
 void Sparse24QGemmVnni(const Sparse24QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
   if (x.span % 4 != 0 || (w.q.groups > 1 && w.q.bpg % 2 != 0))
     return g_avx2_sparse24q[kBits](w, x, y, ldy, r0, r1);
+  // Software prefetch of the code and metadata streams, 16 rows ahead.
   const size_t meta_bytes = static_cast<size_t>(w.q.blocks) * 8;
-  auto prefetch_row = [&](int r) {
-    if (r >= r1) return;
-    const char* c = reinterpret_cast<const char*>(w.q.codes + static_cast<size_t>(r) * w.q.row_bytes);
-    for (size_t off = 0; off < w.q.row_bytes; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
+  auto prefetch_meta = [&](int r) {
+    if (r >= w.q.rows) return;
     const char* m = reinterpret_cast<const char*>(w.meta + static_cast<size_t>(r) * meta_bytes);
     for (size_t off = 0; off < meta_bytes; off += 64) _mm_prefetch(m + off, _MM_HINT_T0);
   };
-  for (int i = 0; i < 16; ++i) prefetch_row(r0 + i);
+  PrefetchRows(w.q, r0, 16);
+  for (int i = 0; i < 16; ++i) prefetch_meta(r0 + i);
   for (int r = r0; r < r1; ++r) {
-    prefetch_row(r + 16);  // the code and metadata streams of a row, 16 rows ahead
+    PrefetchRows(w.q, r + 16, 1);
+    prefetch_meta(r + 16);
     int t = 0;
     for (; t + 4 <= x.n; t += 4) Sparse24QRowVnni<kBits, 4>(w, x, y, ldy, r, t);
     switch (x.n - t) {
@@ -560,96 +561,6 @@ void Sparse24QGemmVnni(const Sparse24QuantView& w, const QActView& x, float* y, 
       default: break;
     }
   }
-}
-
-// ---- y += u W (the B side of a low-rank product), group-wise quantized ----------------
-// Float accumulation as in the AVX2 kernel, with the same operations per element
-// in the same order (so the results are bit-identical), but two blocks of codes
-// per unpack and 16 columns per vector.
-
-// Codes 0-15, 16-31 of a 32-code block (bytes of a 256-bit half) as floats.
-inline void CodesToFloat16(__m256i c, __m512* lo, __m512* hi) {
-  *lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(c)));
-  *hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(c, 1)));
-}
-
-template <int kBits, int kT, int kNb>  // kNb: blocks at once (1 or 2)
-inline void QuantAccTRun(const QuantView& w, const Vbmi3Consts& vc, const float* u, int ldu, int r,
-                         int b, float* y, int ldy, int c0, int c1) {
-  constexpr int kBB = QuantBlockBytes(kBits);
-  constexpr int kV = 2 * kNb;  // float vectors of 16 columns
-  __m512 acc[kT][kV];
-  float cst[kT][kNb];
-  for (int t = 0; t < kT; ++t) {
-    for (int i = 0; i < kV; ++i) acc[t][i] = _mm512_setzero_ps();
-    for (int h = 0; h < kNb; ++h) cst[t][h] = 0.f;
-  }
-  int g[kNb];
-  for (int h = 0; h < kNb; ++h) g[h] = (b + h) / w.bpg;
-  for (int j = 0; j < r; ++j) {
-    const uint8_t* p = w.codes + static_cast<size_t>(j) * w.row_bytes + static_cast<size_t>(b) * kBB;
-    // The loop walks down 64 rows or more at once, more streams than the hardware
-    // prefetchers follow: fetch this row's codes a few blocks ahead.
-    _mm_prefetch(reinterpret_cast<const char*>(p) + 4 * kBB * kNb, _MM_HINT_T0);
-    __m512 f[kV];
-    if constexpr (kNb == 2) {
-      const __m512i c = kBits == 3 ? UnpackPair3Vbmi(p, vc) : UnpackPair<kBits>(p);
-      CodesToFloat16(_mm512_castsi512_si256(c), &f[0], &f[1]);
-      CodesToFloat16(_mm512_extracti64x4_epi64(c, 1), &f[2], &f[3]);
-    } else {
-      CodesToFloat16(UnpackOne<kBits>(p), &f[0], &f[1]);
-    }
-    const uint16_t* srow = w.scale + static_cast<size_t>(j) * w.groups;
-    const uint16_t* mrow = w.min + static_cast<size_t>(j) * w.groups;
-    float sc[kNb], mn[kNb];
-    sc[0] = HalfToFloat(srow[g[0]]);
-    mn[0] = HalfToFloat(mrow[g[0]]);
-    if constexpr (kNb == 2) {
-      const bool same = g[1] == g[0];  // one group for both blocks (group >= 64)
-      sc[1] = same ? sc[0] : HalfToFloat(srow[g[1]]);
-      mn[1] = same ? mn[0] : HalfToFloat(mrow[g[1]]);
-    }
-    for (int t = 0; t < kT; ++t) {
-      const float uj = u[static_cast<size_t>(t) * ldu + j];
-      for (int h = 0; h < kNb; ++h) {
-        const __m512 av = _mm512_set1_ps(uj * sc[h]);
-        acc[t][2 * h] = _mm512_fmadd_ps(f[2 * h], av, acc[t][2 * h]);
-        acc[t][2 * h + 1] = _mm512_fmadd_ps(f[2 * h + 1], av, acc[t][2 * h + 1]);
-        cst[t][h] += uj * mn[h];
-      }
-    }
-  }
-  for (int t = 0; t < kT; ++t) {
-    float* yt = y + static_cast<size_t>(t) * ldy;
-    for (int i = 0; i < kV; ++i) {
-      const int k0 = b * 32 + 16 * i;
-      const int lo = c0 > k0 ? c0 : k0, hi = c1 < k0 + 16 ? c1 : k0 + 16;
-      if (lo >= hi) continue;
-      const __mmask16 m = static_cast<__mmask16>(((1u << (hi - k0)) - 1u) & ~((1u << (lo - k0)) - 1u));
-      const __m512 v = _mm512_add_ps(acc[t][i], _mm512_set1_ps(cst[t][i / 2]));
-      _mm512_mask_storeu_ps(yt + k0, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, yt + k0), v));
-    }
-  }
-}
-
-template <int kBits, int kT>
-void QuantAccTRows(const QuantView& w, const float* u, int ldu, int r, float* y, int ldy, int c0, int c1) {
-  [[maybe_unused]] Vbmi3Consts vc;
-  if constexpr (kBits == 3) vc = LoadVbmi3Consts();
-  int b = c0 / 32;
-  const int b1 = (c1 + 31) / 32;
-  if (b % 2 != 0 && b < b1) QuantAccTRun<kBits, kT, 1>(w, vc, u, ldu, r, b++, y, ldy, c0, c1);
-  for (; b + 2 <= b1; b += 2) QuantAccTRun<kBits, kT, 2>(w, vc, u, ldu, r, b, y, ldy, c0, c1);
-  if (b < b1) QuantAccTRun<kBits, kT, 1>(w, vc, u, ldu, r, b, y, ldy, c0, c1);
-}
-
-template <int kBits>
-void QuantAccT(const QuantView& w, const float* u, int ldu, int n, int r, float* y, int ldy, int c0, int c1) {
-  int t = 0;
-  for (; t + 2 <= n; t += 2)
-    QuantAccTRows<kBits, 2>(w, u + static_cast<size_t>(t) * ldu, ldu, r, y + static_cast<size_t>(t) * ldy, ldy, c0, c1);
-  if (t < n)
-    QuantAccTRows<kBits, 1>(w, u + static_cast<size_t>(t) * ldu, ldu, r, y + static_cast<size_t>(t) * ldy, ldy, c0, c1);
 }
 
 // ---- y += u W in int8 on the rank-interleaved copy (QuantAccTView) ------------------
@@ -730,9 +641,8 @@ void FillAvx512Kernels(KernelTable* t) {
   t->quant_gemm[2] = QuantGemmVnni<2>;
   t->quant_gemm[3] = QuantGemmVnni<3, true>;
   t->quant_gemm[4] = QuantGemmVnni<4>;
-  t->quant_acc_t[2] = QuantAccT<2>;
-  t->quant_acc_t[3] = QuantAccT<3>;
-  t->quant_acc_t[4] = QuantAccT<4>;
+  // The B side of low-rank products: always the int8 kernel here (QuantMatrix takes
+  // quant_acc_t_i8 whenever the table has it; the float entries stay the AVX2 ones).
   t->quant_acc_t_i8 = QuantAccTI8;
   for (int b = 2; b <= 4; ++b) g_avx2_sparse24q[b] = t->sparse24q_gemm[b];
   t->sparse24q_gemm[2] = Sparse24QGemmVnni<2>;
