@@ -2,7 +2,8 @@
 // a buffer much larger than the caches (AVX2 loads when available), once relying
 // on the hardware prefetchers alone and once with software prefetches (into L2)
 // running --prefetch bytes ahead, as the decode kernels do. Prints GB/s of each
-// and the better of the two as read_gb_s.
+// and the better of the two as read_gb_s. The buffer is placed as model weights
+// are (engine/huge_pages.h: 2 MiB pages unless EORA_HUGE_PAGES=off).
 //   eora-membw [--threads N] [--mib M] [--reps R] [--prefetch BYTES]
 #include <algorithm>
 #include <chrono>
@@ -12,6 +13,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "engine/huge_pages.h"
 
 namespace {
 
@@ -78,7 +81,7 @@ int main(int argc, char** argv) {
     }
   }
   const size_t n = mib * (1u << 20) / sizeof(float);
-  std::vector<float> buf(n);
+  eora::WeightVector<float> buf(n);  // placed like model weights (huge pages unless EORA_HUGE_PAGES=off)
   for (size_t i = 0; i < n; ++i) buf[i] = static_cast<float>(i & 1023);
   double best[2] = {0, 0}, sink = 0;
   for (int mode = 0; mode < 2; ++mode) {
@@ -99,7 +102,8 @@ int main(int argc, char** argv) {
   }
   std::printf(
       "{\"threads\": %d, \"mib\": %zu, \"read_gb_s\": %.2f, \"read_gb_s_plain\": %.2f, "
-      "\"read_gb_s_prefetch\": %.2f, \"prefetch_bytes\": %zu, \"checksum\": %.0f}\n",
-      threads, mib, std::max(best[0], best[1]), best[0], best[1], prefetch, sink);
+      "\"read_gb_s_prefetch\": %.2f, \"prefetch_bytes\": %zu, \"huge_pages\": %s, \"checksum\": %.0f}\n",
+      threads, mib, std::max(best[0], best[1]), best[0], best[1], prefetch,
+      eora::HugePagesEnabled() ? "true" : "false", sink);
   return 0;
 }

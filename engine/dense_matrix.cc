@@ -4,6 +4,7 @@
 
 #include "absl/strings/ascii.h"
 #include "engine/backend/cpu/kernels.h"
+#include "engine/huge_pages.h"
 #include "engine/matrix.h"
 
 namespace eora {
@@ -54,7 +55,7 @@ class DenseMatrix final : public Matrix {
   }
 
   const DType dtype_;
-  std::vector<uint8_t> data_;
+  WeightVector<uint8_t> data_;
 };
 
 }  // namespace

@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/backend/cpu/kernels.h"
+#include "engine/huge_pages.h"
 #include "engine/matrix.h"
 
 namespace eora {
@@ -39,7 +40,7 @@ cpu::QActView MakeQActView(const QuantizedActivations& qx, int bpg, int groups);
 struct PackedQuant {
   int rows = 0, cols = 0;
   QuantSpec spec;
-  std::vector<uint8_t> packed;
+  WeightVector<uint8_t> packed;  // huge-page backed when large (engine/huge_pages.h)
   std::vector<uint16_t> scale_f16;
   std::vector<uint16_t> min_f16;
 };
@@ -73,7 +74,7 @@ class QuantMatrix final : public Matrix {
   size_t row_bytes() const { return row_bytes_; }
   // Packed storage (see PackedQuant).
   const PackedQuant& packed() const { return p_; }
-  const std::vector<uint8_t>& packed_codes() const { return p_.packed; }
+  const WeightVector<uint8_t>& packed_codes() const { return p_.packed; }
   const std::vector<uint16_t>& scale_f16() const { return p_.scale_f16; }
   const std::vector<uint16_t>& min_f16() const { return p_.min_f16; }
   // Unpacked codes of row r (cols() values).
@@ -92,7 +93,7 @@ class QuantMatrix final : public Matrix {
   int blocks_ = 0, groups_ = 0, bpg_ = 1;
   size_t row_bytes_ = 0;
   mutable std::once_flag tc_once_;
-  mutable std::vector<uint8_t> tc_il_;
+  mutable WeightVector<uint8_t> tc_il_;
   mutable std::vector<float> tc_scale_t_, tc_min_t_;
   mutable cpu::QuantAccTView tc_view_;
   mutable std::atomic<bool> tc_built_{false};

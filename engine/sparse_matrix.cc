@@ -92,7 +92,7 @@ absl::Status ValidateSparse24Meta(int rows, int cols, const std::vector<uint8_t>
 // ---- Sparse24Matrix -----------------------------------------------------------------
 
 Sparse24Matrix::Sparse24Matrix(int rows, int cols, std::vector<uint16_t> values, std::vector<uint8_t> meta)
-    : Matrix(rows, cols), kept_blocks_(Sparse24KeptBlocks(cols)), values_(std::move(values)),
+    : Matrix(rows, cols), kept_blocks_(Sparse24KeptBlocks(cols)), values_(values.begin(), values.end()),
       meta_(std::move(meta)) {}
 
 absl::StatusOr<std::unique_ptr<Sparse24Matrix>> Sparse24Matrix::Create(int rows, int cols, const float* w) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/huge_pages.h"
 #include "engine/matrix.h"
 #include "engine/quant_matrix.h"
 
@@ -47,13 +48,13 @@ class Sparse24Matrix final : public Matrix {
   void DequantizeRow(int r, float* out) const override;
 
   int kept_blocks() const { return kept_blocks_; }
-  const std::vector<uint16_t>& values_f16() const { return values_; }
+  const WeightVector<uint16_t>& values_f16() const { return values_; }
   const std::vector<uint8_t>& meta() const { return meta_; }
 
  private:
   Sparse24Matrix(int rows, int cols, std::vector<uint16_t> values, std::vector<uint8_t> meta);
   int kept_blocks_;
-  std::vector<uint16_t> values_;
+  WeightVector<uint16_t> values_;
   std::vector<uint8_t> meta_;
 };
 

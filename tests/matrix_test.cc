@@ -593,15 +593,16 @@ TEST(MatrixTest, Sparse24Validation) {
     for (auto& x : v) x = F16ToF32(F32ToF16(x));
     return v;
   }());
-  auto sm2 = Sparse24Matrix::FromPacked(5, 130, (*sm)->values_f16(), (*sm)->meta());
+  const std::vector<uint16_t> values((*sm)->values_f16().begin(), (*sm)->values_f16().end());
+  auto sm2 = Sparse24Matrix::FromPacked(5, 130, values, (*sm)->meta());
   ASSERT_TRUE(sm2.ok());
   EXPECT_EQ((*sm2)->Dequantize(), (*sm)->Dequantize());
   std::vector<uint8_t> meta = (*sm)->meta();
   meta[0] = 0;  // slots 0 and 1 (same group) both at position 0
   meta[1] = 0;
-  EXPECT_FALSE(Sparse24Matrix::FromPacked(5, 130, (*sm)->values_f16(), meta).ok());
+  EXPECT_FALSE(Sparse24Matrix::FromPacked(5, 130, values, meta).ok());
   meta.pop_back();
-  EXPECT_FALSE(Sparse24Matrix::FromPacked(5, 130, (*sm)->values_f16(), meta).ok());
+  EXPECT_FALSE(Sparse24Matrix::FromPacked(5, 130, values, meta).ok());
 
   auto sq = Sparse24QuantMatrix::Create(5, 130, ws.data(), {3, 64});
   ASSERT_TRUE(sq.ok());

@@ -176,6 +176,10 @@ void (*g_avx2_dense_half[3])(const void*, int, int, int, const float*, int, int,
 // 28-31 with the same prefetch).
 constexpr size_t kF16PrefetchAhead = 16384;
 
+inline __m512 CvtF16x16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
 void DenseGemvF16(const uint16_t* w, int cols, int r0, int r1, const float* x, float* y) {
   const size_t row_bytes = static_cast<size_t>(cols) * 2;
   const char* base = reinterpret_cast<const char*>(w);
@@ -188,19 +192,21 @@ void DenseGemvF16(const uint16_t* w, int cols, int r0, int r1, const float* x, f
     const uint16_t* wr = w + static_cast<size_t>(r) * cols;
     const char* target = reinterpret_cast<const char*>(wr + cols) + kF16PrefetchAhead;
     for (; pf < target && pf < end; pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    // Four accumulators: with two, the FMA latency chain held the read rate back
+    // (2-thread stream over 537 MB on huge pages: 29.7 -> 32.5 GB/s).
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
+           a3 = _mm512_setzero_ps();
     int k = 0;
-    for (; k + 32 <= cols; k += 32) {
-      a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k))), _mm512_loadu_ps(x + k), a0);
-      a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k + 16))), _mm512_loadu_ps(x + k + 16), a1);
+    for (; k + 64 <= cols; k += 64) {
+      a0 = _mm512_fmadd_ps(CvtF16x16(wr + k), _mm512_loadu_ps(x + k), a0);
+      a1 = _mm512_fmadd_ps(CvtF16x16(wr + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+      a2 = _mm512_fmadd_ps(CvtF16x16(wr + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+      a3 = _mm512_fmadd_ps(CvtF16x16(wr + k + 48), _mm512_loadu_ps(x + k + 48), a3);
     }
-    if (k + 16 <= cols) {
-      a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k))), _mm512_loadu_ps(x + k), a0);
-      k += 16;
-    }
+    for (; k + 16 <= cols; k += 16) a0 = _mm512_fmadd_ps(CvtF16x16(wr + k), _mm512_loadu_ps(x + k), a0);
     if (tail != 0)
       a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, wr + k)), _mm512_maskz_loadu_ps(mask, x + k), a1);
-    y[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
   }
 }
 

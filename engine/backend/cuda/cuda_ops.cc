@@ -49,8 +49,8 @@ absl::StatusOr<DeviceBuffer> ToDevice(const T* data, size_t count) {
   EORA_RETURN_IF_ERROR_CUDA(b.CopyFromHost(data, count * sizeof(T)));
   return b;
 }
-template <typename T>
-absl::StatusOr<DeviceBuffer> ToDevice(const std::vector<T>& v) {
+template <typename T, typename A>
+absl::StatusOr<DeviceBuffer> ToDevice(const std::vector<T, A>& v) {
   return ToDevice(v.data(), v.size());
 }
 
