@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <thread>
 
 #include "engine/backend/cpu/kernels.h"
 #include "engine/thread_pool.h"
@@ -84,20 +85,28 @@ void MatMulSharedImpl(const std::vector<MatMulOutput>& outs, const std::vector<L
   }
   const bool any_lr = std::any_of(lr.begin(), lr.end(), [](const LowRankTerm& t) { return t.a != nullptr; });
   if (any_lr) PrepareLowRankU(lr, n, pool == nullptr ? 1 : pool->num_threads(), scratch);
-  auto run = [&](int who, int64_t b, int64_t e) {
-    const float* u = any_lr ? LowRankU(lr, in, who, scratch) : nullptr;
+  // With low-rank terms: take A pieces first (so a late thread finds them done),
+  // then the base rows, then wait for u and add the B products to those rows.
+  auto run = [&](int, int64_t b, int64_t e) {
+    if (any_lr) ClaimLowRankU(lr, in, scratch);
     for (size_t i = 0; i < outs.size(); ++i) {
       const int64_t s = starts[i];
       const int64_t lo = std::max<int64_t>(b, s);
       const int64_t hi = std::min<int64_t>(e, s + rows[i]);
-      const LowRankTerm* t = any_lr && lr[i].a != nullptr ? &lr[i] : nullptr;
-      if (lo < hi) {
+      if (lo < hi)
         outs[i].w->MatMulRows(in, outs[i].y, outs[i].ldy, static_cast<int>(lo - s), static_cast<int>(hi - s));
-        if (t != nullptr)
-          t->bt->AccumulateTransposed(u, t->r, n, t->r, outs[i].y, outs[i].ldy, static_cast<int>(lo - s),
-                                      static_cast<int>(hi - s));
-      }
-      if (t != nullptr) u += static_cast<size_t>(n) * t->r;
+    }
+    if (!any_lr) return;
+    const float* u = LowRankU(lr, in, scratch);
+    for (size_t i = 0; i < outs.size(); ++i) {
+      if (lr[i].a == nullptr) continue;
+      const int64_t s = starts[i];
+      const int64_t lo = std::max<int64_t>(b, s);
+      const int64_t hi = std::min<int64_t>(e, s + rows[i]);
+      if (lo < hi)
+        lr[i].bt->AccumulateTransposed(u, lr[i].r, n, lr[i].r, outs[i].y, outs[i].ldy, static_cast<int>(lo - s),
+                                       static_cast<int>(hi - s));
+      u += static_cast<size_t>(n) * lr[i].r;
     }
   };
   if (pool == nullptr) {
@@ -120,28 +129,50 @@ void MatMulSharedLowRank(const std::vector<MatMulOutput>& outs, const std::vecto
 }
 
 void PrepareLowRankU(const std::vector<LowRankTerm>& lr, int n, int threads, MatMulScratch* scratch) {
-  size_t need = 0;
-  for (const LowRankTerm& t : lr)
-    if (t.a != nullptr) need += static_cast<size_t>(n) * t.r;
-  if (static_cast<int>(scratch->lr_u.size()) < threads) scratch->lr_u.resize(threads);
-  for (int i = 0; i < threads; ++i)
-    if (scratch->lr_u[i].size() < need) scratch->lr_u[i].resize(need);
-  scratch->lr_ready.assign(std::max<size_t>(scratch->lr_ready.size(), threads), 0);
+  LowRankShare& s = *scratch->lr;
+  s.pieces.clear();
+  size_t off = 0;
+  for (size_t i = 0; i < lr.size(); ++i) {
+    const LowRankTerm& t = lr[i];
+    if (t.a == nullptr) continue;
+    const int align = std::max(1, t.a->RowAlignment());
+    const int per = std::max(1, threads);
+    const int chunk = ((t.r + per - 1) / per + align - 1) / align * align;
+    for (int r0 = 0; r0 < t.r; r0 += chunk)
+      s.pieces.push_back({static_cast<int>(i), r0, std::min(t.r, r0 + chunk), off});
+    off += static_cast<size_t>(n) * t.r;
+  }
+  if (s.u.size() < off) s.u.resize(off);
+  s.next.store(0, std::memory_order_relaxed);
+  s.done.store(0, std::memory_order_relaxed);
 }
 
-const float* LowRankU(const std::vector<LowRankTerm>& lr, const MatMulInput& in, int who,
-                      MatMulScratch* scratch) {
-  float* u = scratch->lr_u[who].data();
-  if (!scratch->lr_ready[who]) {
-    float* p = u;
-    for (const LowRankTerm& t : lr) {
-      if (t.a == nullptr) continue;
-      t.a->MatMulRows(in, p, t.r, 0, t.r);
-      p += static_cast<size_t>(in.n) * t.r;
-    }
-    scratch->lr_ready[who] = 1;
+void ClaimLowRankU(const std::vector<LowRankTerm>& lr, const MatMulInput& in, MatMulScratch* scratch) {
+  LowRankShare& s = *scratch->lr;
+  const int total = static_cast<int>(s.pieces.size());
+  for (int i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < total;) {
+    const LowRankShare::Piece& p = s.pieces[i];
+    const LowRankTerm& t = lr[p.term];
+    t.a->MatMulRows(in, s.u.data() + p.off, t.r, p.r0, p.r1);
+    s.done.fetch_add(1, std::memory_order_release);
   }
-  return u;
+}
+
+const float* LowRankU(const std::vector<LowRankTerm>& lr, const MatMulInput& in, MatMulScratch* scratch) {
+  ClaimLowRankU(lr, in, scratch);
+  LowRankShare& s = *scratch->lr;
+  const int total = static_cast<int>(s.pieces.size());
+  // The pieces left are being computed by threads that are running.
+  for (int spins = 0; s.done.load(std::memory_order_acquire) < total; ++spins) {
+    if (spins < 4096) {
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    } else {
+      std::this_thread::yield();
+    }
+  }
+  return s.u.data();
 }
 
 }  // namespace eora

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -163,12 +164,24 @@ absl::StatusOr<std::unique_ptr<Matrix>> MakeSparse24QuantMatrix(int rows, int co
 
 class ThreadPool;
 
-// Scratch space reused across products (int8 activations).
+// The A products u = A[:r] x of a MatMulSharedLowRank call, cut into row pieces
+// that the threads of the region claim; each thread then waits until all pieces
+// are done. Only threads already running claim pieces, so the wait never depends
+// on a thread that has not started.
+struct LowRankShare {
+  struct Piece {
+    int term, r0, r1;
+    size_t off;  // of the term's u in `u`
+  };
+  std::vector<Piece> pieces;
+  std::vector<float> u;  // n * r floats per term, back to back in term order
+  std::atomic<int> next{0}, done{0};
+};
+
+// Scratch space reused across products (int8 activations, low-rank u).
 struct MatMulScratch {
   QuantizedActivations qx;
-  // Per thread index: u = A x of the low-rank terms (MatMulSharedLowRank).
-  std::vector<std::vector<float>> lr_u;
-  std::vector<char> lr_ready;
+  std::unique_ptr<LowRankShare> lr = std::make_unique<LowRankShare>();
 };
 
 // y[t][r] = W x[t] over all rows, parallel over rows. x is [n][ldx], y [n][ldy].
@@ -194,19 +207,23 @@ struct LowRankTerm {
   int r = 0;
 };
 // MatMulShared with an optional low-rank term per output (lr[i] for outs[i]), in
-// the same parallel region: each thread that takes rows first computes the whole
-// u = A[:r] x of every term itself (once per thread and call), then adds u Bt[:r]
-// to the columns of the rows it computed. That costs each thread all of the A
-// products, and saves the region (and the join) that adding the B products after
-// a shared A pass needs; the caller uses it when the A products are small (decode).
+// the same parallel region: the threads first share out u = A[:r] x of every term
+// (row pieces, LowRankShare) and wait for it, then each computes its rows of the
+// base products and adds u Bt[:r] to them. That saves the region (and the join)
+// that adding the B products after a separate A pass needs; the caller uses it
+// when the A products are small (decode).
 // Results are the same bits as MatMulShared followed by AccumulateTransposed.
 void MatMulSharedLowRank(const std::vector<MatMulOutput>& outs, const std::vector<LowRankTerm>& lr,
                          const float* x, int n, int ldx, ThreadPool* pool, MatMulScratch* scratch);
-// The u buffers of the terms for thread `who` (n * r floats each, back to back in
-// term order), computed on the first call per thread after PrepareLowRankU.
+// PrepareLowRankU cuts the terms' A products into pieces for `threads` threads
+// (before the region); LowRankU, called by each thread in the region, computes
+// pieces until none are left, waits for the rest, and returns u (n * r floats per
+// term, back to back in term order).
+// ClaimLowRankU only computes pieces (no wait): call it early in the region so
+// that the pieces are done by the time anyone needs u.
 void PrepareLowRankU(const std::vector<LowRankTerm>& lr, int n, int threads, MatMulScratch* scratch);
-const float* LowRankU(const std::vector<LowRankTerm>& lr, const MatMulInput& in, int who,
-                      MatMulScratch* scratch);
+void ClaimLowRankU(const std::vector<LowRankTerm>& lr, const MatMulInput& in, MatMulScratch* scratch);
+const float* LowRankU(const std::vector<LowRankTerm>& lr, const MatMulInput& in, MatMulScratch* scratch);
 
 // Name of the SIMD kernel set chosen at runtime ("amx", "avx512", "avx2", "generic").
 const char* KernelIsaName();

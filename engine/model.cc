@@ -663,11 +663,12 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
       }
     });
   };
-  // Small steps (decode): the A products join the base products' region
-  // redundantly, each thread computing all of u itself, and the B products follow
-  // in the same region over the rows each thread computed (MatMulSharedLowRank):
-  // one parallel region per module group instead of two. Worth it while every
-  // thread's copy of the A products costs less than a region's wake-up and join.
+  // Small steps (decode): the A products join the base products' region, the
+  // threads sharing them out in pieces, and the B products follow in the same
+  // region over the rows each thread computed (MatMulSharedLowRank): one parallel
+  // region per module group instead of two. Worth it while the A products are
+  // small enough that a thread waiting for them costs less than a region's
+  // wake-up and join.
   auto a_macs = [&](std::initializer_list<Module> mods) {
     int64_t macs = 0;
     for (Module m : mods) {
@@ -803,11 +804,12 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
     if (gate_up_fused) PrepareLowRankU(gu, T, pool_->num_threads(), &mm_);
     const int align = std::max(wg.RowAlignment(), wu.RowAlignment());
     pool_->ParallelFor(ffn, align, static_cast<int64_t>(T) * ffn * dim * 2,
-                       [&](int who, int64_t b, int64_t e) {
+                       [&](int, int64_t b, int64_t e) {
+      if (gate_up_fused) ClaimLowRankU(gu, in, &mm_);
       wg.MatMulRows(in, gate_.data(), ffn, static_cast<int>(b), static_cast<int>(e));
       wu.MatMulRows(in, up_.data(), ffn, static_cast<int>(b), static_cast<int>(e));
       if (gate_up_fused) {
-        const float* u = LowRankU(gu, in, who, &mm_);
+        const float* u = LowRankU(gu, in, &mm_);
         float* ys[2] = {gate_.data(), up_.data()};
         for (int i = 0; i < 2; ++i) {
           if (gu[i].a == nullptr) continue;
