@@ -150,6 +150,9 @@ void PrepareLowRankU(const std::vector<LowRankTerm>& lr, int n, int threads, Mat
 void ClaimLowRankU(const std::vector<LowRankTerm>& lr, const MatMulInput& in, MatMulScratch* scratch) {
   LowRankShare& s = *scratch->lr;
   const int total = static_cast<int>(s.pieces.size());
+  // A plain load first: once the pieces are gone (every later chunk of the region
+  // comes here), no read-modify-write bounces the line between cores.
+  if (s.next.load(std::memory_order_relaxed) >= total) return;
   for (int i; (i = s.next.fetch_add(1, std::memory_order_relaxed)) < total;) {
     const LowRankShare::Piece& p = s.pieces[i];
     const LowRankTerm& t = lr[p.term];

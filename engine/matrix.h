@@ -175,7 +175,10 @@ struct LowRankShare {
   };
   std::vector<Piece> pieces;
   std::vector<float> u;  // n * r floats per term, back to back in term order
-  std::atomic<int> next{0}, done{0};
+  // Written by every thread of the region: each on its own cache line, away from
+  // the fields above, which the threads only read.
+  alignas(64) std::atomic<int> next{0};
+  alignas(64) std::atomic<int> done{0};
 };
 
 // Scratch space reused across products (int8 activations, low-rank u).
