@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <random>
+#include <thread>
 #include <vector>
 
 namespace eora {
@@ -57,6 +59,39 @@ TEST(HugePages, VectorGrowthMovesBetweenTiers) {
   WeightVector<uint8_t> v;
   for (size_t i = 0; i < 3 * kHugePageBytes; ++i) v.push_back(static_cast<uint8_t>(i * 31));
   for (size_t i = 0; i < v.size(); i += 4097) ASSERT_EQ(v[i], static_cast<uint8_t>(i * 31));
+}
+
+// Adapters load and unload on other threads than the serving loop: slab
+// bookkeeping under concurrent allocation and release keeps every live buffer
+// intact and unmaps the slabs at the end.
+TEST(HugePages, ConcurrentAllocateAndFreeKeepContents) {
+  const size_t before = HugePageSlabBytesMapped();
+  std::vector<std::thread> threads;
+  std::vector<int> failures(4, 0);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([t, &failures] {
+      std::mt19937 rng(1234 + t);
+      std::vector<std::pair<uint32_t, std::unique_ptr<WeightVector<uint32_t>>>> live;
+      for (int step = 0; step < 300; ++step) {
+        if (!live.empty() && rng() % 3 == 0) {
+          const size_t k = rng() % live.size();
+          for (uint32_t v : *live[k].second)
+            if (v != live[k].first) ++failures[t];
+          live.erase(live.begin() + static_cast<std::ptrdiff_t>(k));
+        } else {
+          const size_t n = (kSlabMinBytes + rng() % (kHugePageBytes + kHugePageBytes / 2)) / sizeof(uint32_t);
+          const uint32_t tag = static_cast<uint32_t>(rng());
+          live.emplace_back(tag, std::make_unique<WeightVector<uint32_t>>(n, tag));
+        }
+      }
+      for (auto& [tag, buf] : live)
+        for (uint32_t v : *buf)
+          if (v != tag) ++failures[t];
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(failures[t], 0) << "thread " << t;
+  EXPECT_LE(HugePageSlabBytesMapped(), std::max(before, size_t{32} << 20));
 }
 
 }  // namespace
