@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "engine/backend/cpu/kernels.h"
+#include "engine/backend/cpu/quant_pack.h"
 
 // Full unrolling of the small loops over register tiles, so that their
 // accumulators stay in registers (a loop GCC leaves rolled indexes them in memory).
@@ -57,17 +58,6 @@ inline void Transpose16(__m512 r[16]) {
 
 
 inline float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
-
-inline uint64_t Load64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-inline uint32_t Load32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
 
 // Codes of the two blocks at p and p + QuantBlockBytes(kBits), code k of the pair
 // in byte k (layouts: docs/formats.md).

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "engine/backend/cpu/kernels.h"
+#include "engine/backend/cpu/quant_pack.h"
 
 // Full unrolling of the register-tile loops before scalar replacement keeps GCC
 // from mirroring accumulator arrays on the stack.
@@ -35,17 +36,6 @@ inline __m128 Hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
 inline float Hsum(__m256 a) { return _mm_cvtss_f32(Hsum4(a, a, a, a)); }
 
 inline float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
-
-inline uint64_t Load64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-inline uint32_t Load32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
 
 // Unpacks a 32-code block into 32 bytes (code k in byte k). Layouts: docs/formats.md.
 template <int kBits>

@@ -8,6 +8,18 @@
 
 namespace eora::cpu {
 
+// Unaligned little-endian loads of packed planes (any alignment, no aliasing issue).
+inline uint64_t Load64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+inline uint32_t Load32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
 // Bit index, inside the 32-bit high plane of a 3-bit block, of the high bit of code c.
 inline int Q3HighBit(int c) { return 8 * (c % 4) + c / 4; }
 
