@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/backend/cpu/kernels.h"
 #include "engine/status_macros.h"
 
 namespace eora {
@@ -167,13 +168,13 @@ void SiluMul(float* __restrict g, const float* __restrict u, int n) {
 }
 
 // The scalar path of AttendHeads: one head, any head_dim.
-void AttendHeadScalar(const float* q, int hd, const float* const* kb, const float* const* vb, int n,
-                      float scale, float* scores, float* out) {
+void AttendHeadScalar(const float* q, int hd, const float* const* kb, const float* const* vb,
+                      size_t off, int n, float scale, float* scores, float* out) {
   constexpr int B = KvCache::kBlockTokens;
   const int nblocks = (n + B - 1) / B;
   float mx = -INFINITY;
   for (int blk = 0; blk < nblocks; ++blk) {
-    const float* base = kb[blk];
+    const float* base = kb[blk] + off;
     const int cnt = std::min(B, n - blk * B);
     float* sc = scores + blk * B;
     for (int i = 0; i < cnt; ++i) {
@@ -191,7 +192,7 @@ void AttendHeadScalar(const float* q, int hd, const float* const* kb, const floa
   const float inv = 1.0f / sum;
   for (int d = 0; d < hd; ++d) out[d] = 0.f;
   for (int blk = 0; blk < nblocks; ++blk) {
-    const float* base = vb[blk];
+    const float* base = vb[blk] + off;
     const int cnt = std::min(B, n - blk * B);
     const float* sc = scores + blk * B;
     for (int i = 0; i < cnt; ++i) {
@@ -205,8 +206,8 @@ void AttendHeadScalar(const float* q, int hd, const float* const* kb, const floa
 // KV head (see below).
 template <int kNv, int kG>
 __attribute__((always_inline)) inline void AttendVec(const float* q, const float* const* kb,
-                                                     const float* const* vb, int n, float scale,
-                                                     float* scores, float* out) {
+                                                     const float* const* vb, size_t off, int n,
+                                                     float scale, float* scores, float* out) {
   constexpr int B = KvCache::kBlockTokens;
   static_assert(B == 16 && 8 % kG == 0);
   constexpr int kHd = 8 * kNv;
@@ -221,7 +222,7 @@ __attribute__((always_inline)) inline void AttendVec(const float* q, const float
   V8 mxv[kG];
   for (int g = 0; g < kG; ++g) mxv[g] = ninf;
   for (int blk = 0; blk < nblocks; ++blk) {
-    const float* kt = kb[blk];
+    const float* kt = kb[blk] + off;
     V8 slo[kG], shi[kG];
     if constexpr (kG == 1) {
       // Two chains per half block.
@@ -279,7 +280,7 @@ __attribute__((always_inline)) inline void AttendVec(const float* q, const float
     V8 acc[8];
     for (int j = 0; j < 8; ++j) acc[j] = V8{};
     for (int blk = 0; blk < nblocks; ++blk) {
-      const float* vt = vb[blk] + static_cast<size_t>(d0) * B;
+      const float* vt = vb[blk] + off + static_cast<size_t>(d0) * B;
       const bool full = blk < nblocks - 1;
       for (int j = 0; j < kD; ++j) {
         V8 vlo = LoadV8(vt + j * B), vhi = LoadV8(vt + j * B + 8);
@@ -333,85 +334,136 @@ __attribute__((always_inline)) inline V16 Hsum16x16(const V16* a) {
          __builtin_shufflevector(d[0], d[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
-// AttendVec with a whole 16-position block per vector: scores of a block for the
-// kG heads (each key row loaded once), a 16-wide exp, and the weighted values
-// with kG x kD accumulators reduced by one transposing tree per pass.
-template <int kHd, int kG>
+// Attention of kH KV heads with kG query heads each (kQ = kH * kG heads), a whole
+// 16-position block per vector: scores of a block for all kQ heads (each key row
+// loaded once for its kG heads), a 16-wide exp, and the weighted values with 16
+// accumulators per pass reduced by one transposing tree. The kQ heads are
+// independent dependency chains interleaved in every phase: with one head of a
+// small head_dim, each phase was a short serial chain (score FMAs, max, exp
+// polynomial, sum, values) and the core waited on latencies rather than
+// throughput. The chunk's first KV head in block blk starts at kb[blk] + off
+// (vb[blk] + off); the next one kHd * 16 floats further. `scores` has room for kQ times
+// n rounded up to 16.
+template <int kHd, int kG, int kH>
 __attribute__((always_inline)) inline void AttendVec16(const float* q, const float* const* kb,
-                                                       const float* const* vb, int n, float scale,
-                                                       float* scores, float* out) {
+                                                       const float* const* vb, size_t off, int n,
+                                                       float scale, float* scores, float* out) {
   constexpr int B = KvCache::kBlockTokens;
-  static_assert(B == 16 && 16 % kG == 0);
+  constexpr int kQ = kG * kH;
+  constexpr size_t kHs = static_cast<size_t>(kHd) * B;  // one KV head in a block
+  static_assert(B == 16 && kQ <= 8);
   const int nblocks = (n + B - 1) / B;
   const size_t stride = static_cast<size_t>(nblocks) * B;
   const int last = n - (nblocks - 1) * B;
   const I16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const I16 live = lane < last;
   const V16 ninf = V16{} - INFINITY;
-  V16 mxv[kG];
-  for (int g = 0; g < kG; ++g) mxv[g] = ninf;
-  for (int blk = 0; blk < nblocks; ++blk) {
-    const float* kt = kb[blk];
-    V16 sc[kG];
-    for (int g = 0; g < kG; ++g) sc[g] = V16{};
-    for (int d = 0; d < kHd; ++d) {
-      const V16 kv = LoadV16(kt + static_cast<size_t>(d) * B);
-      for (int g = 0; g < kG; ++g) sc[g] += q[g * kHd + d] * kv;
-    }
-    for (int g = 0; g < kG; ++g) {
-      V16 v = sc[g] * scale;
-      if (blk == nblocks - 1) v = live ? v : ninf;
-      mxv[g] = mxv[g] > v ? mxv[g] : v;
-      std::memcpy(scores + g * stride + blk * B, &v, sizeof(V16));
-    }
-  }
-  float inv[kG];
-  for (int g = 0; g < kG; ++g) {
-    const V8 m8 = Lo8(mxv[g]) > Hi8(mxv[g]) ? Lo8(mxv[g]) : Hi8(mxv[g]);
-    const float mx = Hmax8(m8);
-    float* sc = scores + g * stride;
-    V16 sumv = V16{};
-    for (size_t p = 0; p < stride; p += B) {
-      const V16 e = ExpNeg16(LoadV16(sc + p) - mx);
-      sumv += e;
-      std::memcpy(sc + p, &e, sizeof(V16));
-    }
-    inv[g] = 1.0f / Hsum8(Lo8(sumv) + Hi8(sumv));
-  }
-  // Dims per pass: kG * kD <= 16 accumulators.
-  constexpr int kD = 16 / kG < kHd ? 16 / kG : kHd;
-  for (int d0 = 0; d0 < kHd; d0 += kD) {
-    V16 acc[16];
-    for (int j = 0; j < 16; ++j) acc[j] = V16{};
+  // Scores, one head at a time over all blocks: the head's query values are
+  // loop invariants (kept in registers for small head dims) and every block is
+  // an independent chain.
+  V16 mxv[kQ];
+  for (int h = 0; h < kQ; ++h) {
+    const float* qh = q + h * kHd;
+    const size_t koff = off + static_cast<size_t>(h / kG) * kHs;
+    float* sh = scores + h * stride;
+    // Broadcast once: the compiler cannot hoist the loads itself (the score
+    // stores might alias q).
+    V16 qv[kHd <= 16 ? kHd : 1];
+    if constexpr (kHd <= 16)
+      for (int d = 0; d < kHd; ++d) qv[d] = V16{} + qh[d];
+    V16 m = ninf;
     for (int blk = 0; blk < nblocks; ++blk) {
-      const float* vt = vb[blk] + static_cast<size_t>(d0) * B;
-      const bool full = blk < nblocks - 1;
-      V16 pw[kG];
-      for (int g = 0; g < kG; ++g) pw[g] = LoadV16(scores + g * stride + blk * B);
-      for (int j = 0; j < kD; ++j) {
-        V16 v = LoadV16(vt + static_cast<size_t>(j) * B);
-        if (!full) v = live ? v : V16{};  // stale slots: zero weight, maybe not finite
-        for (int g = 0; g < kG; ++g) acc[g * kD + j] += pw[g] * v;
+      const float* kt = kb[blk] + koff;
+      V16 s0 = V16{}, s1 = V16{};
+      if constexpr (kHd <= 16) {
+        for (int d = 0; d < kHd; d += 2) {
+          s0 += qv[d] * LoadV16(kt + static_cast<size_t>(d) * B);
+          s1 += qv[d + 1] * LoadV16(kt + static_cast<size_t>(d + 1) * B);
+        }
+      } else {
+        for (int d = 0; d < kHd; d += 2) {
+          s0 += qh[d] * LoadV16(kt + static_cast<size_t>(d) * B);
+          s1 += qh[d + 1] * LoadV16(kt + static_cast<size_t>(d + 1) * B);
+        }
       }
+      V16 v = (s0 + s1) * scale;
+      if (blk == nblocks - 1) v = live ? v : ninf;
+      m = m > v ? m : v;
+      std::memcpy(sh + blk * B, &v, sizeof(V16));
     }
-    const V16 o = Hsum16x16(acc);  // lane g * kD + j: head g, dim d0 + j
-    for (int g = 0; g < kG; ++g)
-      for (int j = 0; j < kD; ++j) out[g * kHd + d0 + j] = o[g * kD + j] * inv[g];
+    mxv[h] = m;
+  }
+  V16 mx[kQ], sumv[kQ];
+  for (int h = 0; h < kQ; ++h) {
+    const V8 m8 = Lo8(mxv[h]) > Hi8(mxv[h]) ? Lo8(mxv[h]) : Hi8(mxv[h]);
+    mx[h] = V16{} + Hmax8(m8);
+    sumv[h] = V16{};
+  }
+  for (size_t p = 0; p < stride; p += B) {
+    for (int h = 0; h < kQ; ++h) {
+      float* sc = scores + h * stride + p;
+      const V16 e = ExpNeg16(LoadV16(sc) - mx[h]);
+      sumv[h] += e;
+      std::memcpy(sc, &e, sizeof(V16));
+    }
+  }
+  float inv[kQ];
+  for (int h = 0; h < kQ; ++h) inv[h] = 1.0f / Hsum8(Lo8(sumv[h]) + Hi8(sumv[h]));
+  // Values: kP heads x kD dims per pass, 16 accumulators over a block's slots.
+  // Slots past the sequence hold stale data: their (zero) weights are not
+  // multiplied with it.
+  constexpr int kD = kHd < 16 ? kHd : 16;
+  constexpr int kP = 16 / kD < kQ ? 16 / kD : kQ;
+  static_assert(kQ % kP == 0);
+  constexpr bool kShareV = kG % kP == 0;  // a pass's heads read one KV head
+  for (int h0 = 0; h0 < kQ; h0 += kP) {
+    for (int d0 = 0; d0 < kHd; d0 += kD) {
+      V16 acc[16];
+      for (int j = 0; j < 16; ++j) acc[j] = V16{};
+      for (int blk = 0; blk < nblocks; ++blk) {
+        const bool full = blk < nblocks - 1;
+        V16 pw[kP];
+        for (int p = 0; p < kP; ++p) pw[p] = LoadV16(scores + (h0 + p) * stride + blk * B);
+        for (int j = 0; j < kD; ++j) {
+          if constexpr (kShareV) {
+            V16 v = LoadV16(vb[blk] + off + (h0 / kG) * kHs + static_cast<size_t>(d0 + j) * B);
+            if (!full) v = live ? v : V16{};
+            for (int p = 0; p < kP; ++p) acc[p * kD + j] += pw[p] * v;
+          } else {
+            for (int p = 0; p < kP; ++p) {
+              V16 v = LoadV16(vb[blk] + off + ((h0 + p) / kG) * kHs + static_cast<size_t>(d0 + j) * B);
+              if (!full) v = live ? v : V16{};
+              acc[p * kD + j] += pw[p] * v;
+            }
+          }
+        }
+      }
+      const V16 o = Hsum16x16(acc);  // lane p * kD + j: head h0 + p, dim d0 + j
+      for (int p = 0; p < kP; ++p)
+        for (int j = 0; j < kD; ++j) out[(h0 + p) * kHd + d0 + j] = o[p * kD + j] * inv[h0 + p];
+    }
   }
 }
 
-// The 16-wide paths, compiled for AVX-512 only. Returns false for shapes it does
-// not cover (the caller then takes the 8-wide paths).
+// The 16-wide paths, compiled for AVX-512 only: `heads` KV heads (1, 2, 4 or 8,
+// with heads * group <= 8). Returns false for shapes it does not cover (the
+// caller then takes the 8-wide paths one KV head at a time).
 __attribute__((target("arch=x86-64-v4"))) bool AttendHeads16(const float* q, int hd, int group,
-                                                            const float* const* kb,
-                                                            const float* const* vb, int n,
+                                                            int heads, const float* const* kb,
+                                                            const float* const* vb, size_t off, int n,
                                                             float scale, float* scores, float* out) {
-#define EORA_ATTEND16_G(HD)                                              \
-  switch (group) {                                                       \
-    case 1: AttendVec16<HD, 1>(q, kb, vb, n, scale, scores, out); return true; \
-    case 2: AttendVec16<HD, 2>(q, kb, vb, n, scale, scores, out); return true; \
-    case 4: AttendVec16<HD, 4>(q, kb, vb, n, scale, scores, out); return true; \
-    default: return false;                                               \
+#define EORA_ATTEND16_H(HD, G, H) \
+  case H: AttendVec16<HD, G, H>(q, kb, vb, off, n, scale, scores, out); return true;
+#define EORA_ATTEND16_G(HD)                                                               \
+  switch (group) {                                                                        \
+    case 1: switch (heads) { EORA_ATTEND16_H(HD, 1, 1) EORA_ATTEND16_H(HD, 1, 2)          \
+                             EORA_ATTEND16_H(HD, 1, 4) EORA_ATTEND16_H(HD, 1, 8)          \
+                             default: return false; }                                     \
+    case 2: switch (heads) { EORA_ATTEND16_H(HD, 2, 1) EORA_ATTEND16_H(HD, 2, 2)          \
+                             EORA_ATTEND16_H(HD, 2, 4) default: return false; }           \
+    case 4: switch (heads) { EORA_ATTEND16_H(HD, 4, 1) EORA_ATTEND16_H(HD, 4, 2)          \
+                             default: return false; }                                     \
+    default: return false;                                                                \
   }
   switch (hd) {
     case 8: EORA_ATTEND16_G(8)
@@ -422,45 +474,67 @@ __attribute__((target("arch=x86-64-v4"))) bool AttendHeads16(const float* q, int
     default: return false;
   }
 #undef EORA_ATTEND16_G
+#undef EORA_ATTEND16_H
 }
 
 const bool kHaveAvx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
 
-// Attention of `group` query heads that share one KV head, over n cached
-// positions. q / out: the heads' head_dim vectors back to back. kb[i] / vb[i]
-// point at the KV head's keys / values in block i, stored dim-major: element d of
-// the key (value) of slot s at kb[i][d * kBlockTokens + s]. `scores` has room for
-// `group` times n rounded up to a multiple of kBlockTokens.
+// Attention of KV heads [first, first + heads) with `group` query heads each,
+// over n cached positions. q / out: those query heads' head_dim vectors back to
+// back. kb[i] / vb[i] point at the keys / values of block i, stored dim-major:
+// element d of KV head h's key (value) of slot s at
+// kb[i][(h * hd + d) * kBlockTokens + s]. `scores` has room for heads * group times n
+// rounded up to a multiple of kBlockTokens.
 // Compiled for several ISAs; the loader picks one at startup (GCC target_clones).
-// Head dims of 8, 16, 32, 64, 128 use 8-wide vectors over a block's positions
-// (scores of 16 keys at once, each key and value row loaded once for the group,
-// a vectorised exp, the weighted values as 8 partial sums per dim); others take
-// the scalar loop one head at a time.
+// With `wide` (AVX-512 and an AVX-512 kernel table active, see WideAttention),
+// head dims of 8 to 128 take AttendVec16 (all heads of the call interleaved).
+// Otherwise one KV head at a time: head dims of 8, 16, 32, 64, 128
+// use 8-wide vectors over a block's positions (scores of 16 keys at once, each
+// key and value row loaded once for the group, a vectorised exp, the weighted
+// values as 8 partial sums per dim); others take the scalar loop one head at a
+// time.
+// The 16-wide attention runs where the CPU has AVX-512 and the active kernel
+// table is an AVX-512 one (EORA_ISA=avx2 or cpu::SetActiveIsa("avx2") select the
+// 8-wide paths, so that tests and benchmarks reach them on any machine).
+bool WideAttention() {
+  if (!kHaveAvx512) return false;
+  const std::string_view isa = cpu::ActiveIsaName();
+  return isa == "avx512" || isa == "amx";
+}
+
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void AttendHeads(const float* q, int hd, int group, const float* const* kb,
-                 const float* const* vb, int n, float scale, float* scores, float* out) {
-  if (kHaveAvx512 && AttendHeads16(q, hd, group, kb, vb, n, scale, scores, out)) return;
+void AttendHeads(bool wide, const float* q, int hd, int group, int first, int heads,
+                 const float* const* kb, const float* const* vb, int n, float scale, float* scores,
+                 float* out) {
+  const size_t off0 = static_cast<size_t>(first) * hd * KvCache::kBlockTokens;
+  if (wide && AttendHeads16(q, hd, group, heads, kb, vb, off0, n, scale, scores, out)) return;
+  for (int kv = 0; kv < heads; ++kv) {
+    const size_t off = off0 + static_cast<size_t>(kv) * hd * KvCache::kBlockTokens;
+    const float* qh = q + static_cast<size_t>(kv) * group * hd;
+    float* oh = out + static_cast<size_t>(kv) * group * hd;
 #define EORA_ATTEND_G(NV)                                                                   \
   switch (group) {                                                                         \
-    case 1: return AttendVec<NV, 1>(q, kb, vb, n, scale, scores, out);                     \
-    case 2: return AttendVec<NV, 2>(q, kb, vb, n, scale, scores, out);                     \
-    case 4: return AttendVec<NV, 4>(q, kb, vb, n, scale, scores, out);                     \
+    case 1: AttendVec<NV, 1>(qh, kb, vb, off, n, scale, scores, oh); continue;             \
+    case 2: AttendVec<NV, 2>(qh, kb, vb, off, n, scale, scores, oh); continue;             \
+    case 4: AttendVec<NV, 4>(qh, kb, vb, off, n, scale, scores, oh); continue;             \
     default:                                                                               \
       for (int g = 0; g < group; ++g)                                                      \
-        AttendVec<NV, 1>(q + g * hd, kb, vb, n, scale, scores, out + g * hd);              \
-      return;                                                                              \
+        AttendVec<NV, 1>(qh + g * hd, kb, vb, off, n, scale, scores, oh + g * hd);         \
+      continue;                                                                            \
   }
-  switch (hd) {
-    case 8: EORA_ATTEND_G(1)
-    case 16: EORA_ATTEND_G(2)
-    case 32: EORA_ATTEND_G(4)
-    case 64: EORA_ATTEND_G(8)
-    case 128: EORA_ATTEND_G(16)
-    default: break;
-  }
+    switch (hd) {
+      case 8: EORA_ATTEND_G(1)
+      case 16: EORA_ATTEND_G(2)
+      case 32: EORA_ATTEND_G(4)
+      case 64: EORA_ATTEND_G(8)
+      case 128: EORA_ATTEND_G(16)
+      default: break;
+    }
 #undef EORA_ATTEND_G
-  for (int g = 0; g < group; ++g) AttendHeadScalar(q + g * hd, hd, kb, vb, n, scale, scores, out + g * hd);
+    for (int g = 0; g < group; ++g)
+      AttendHeadScalar(qh + g * hd, hd, kb, vb, off, n, scale, scores, oh + g * hd);
+  }
 }
 
 }  // namespace
@@ -744,26 +818,39 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
   // Causal attention: token t attends to positions [0, pos_t] of its sequence.
   int64_t att_work = 0;
   for (int t = 0; t < T; ++t) att_work += static_cast<int64_t>(pos_[t] + 1) * qd * 2;
-  pool_->ParallelFor(static_cast<int64_t>(T) * c.n_kv_heads, 1, att_work,
-                     [&](int, int64_t b, int64_t e) {
+  // Work items of up to `piece` KV heads of one token (AttendHeads interleaves
+  // them); smaller pieces when there would be fewer items than threads.
+  const bool wide = WideAttention();
+  int piece = 1;
+  while (piece * 2 <= c.n_kv_heads && piece * 2 * group <= 8) piece *= 2;
+  while (piece > 1 && static_cast<int64_t>(T) * ((c.n_kv_heads + piece - 1) / piece) < pool_->num_threads())
+    piece /= 2;
+  const int pieces = (c.n_kv_heads + piece - 1) / piece;
+  pool_->ParallelFor(static_cast<int64_t>(T) * pieces, 1, att_work, [&](int, int64_t b, int64_t e) {
     std::vector<float> scores;
     std::vector<const float*> kb, vb;
-    for (int64_t th = b; th < e; ++th) {
-      const int t = static_cast<int>(th / c.n_kv_heads);
-      const int kvh = static_cast<int>(th % c.n_kv_heads);
+    for (int64_t item = b; item < e; ++item) {
+      const int t = static_cast<int>(item / pieces);
+      const int kv0 = static_cast<int>(item % pieces) * piece;
       const KvSequence& seq = *batch[chunk_of_[t]].kv;
       const int n = pos_[t] + 1;
       const int nblocks = (n + KvCache::kBlockTokens - 1) / KvCache::kBlockTokens;
       kb.resize(nblocks);
       vb.resize(nblocks);
       for (int blk = 0; blk < nblocks; ++blk) {
-        kb[blk] = cache->BlockKeys(seq, cache_layer, blk) + kvh * hd * KvCache::kBlockTokens;
-        vb[blk] = cache->BlockValues(seq, cache_layer, blk) + kvh * hd * KvCache::kBlockTokens;
+        kb[blk] = cache->BlockKeys(seq, cache_layer, blk);
+        vb[blk] = cache->BlockValues(seq, cache_layer, blk);
       }
-      scores.resize(static_cast<size_t>(group) * nblocks * KvCache::kBlockTokens);
-      const size_t off = static_cast<size_t>(t) * qd + static_cast<size_t>(kvh) * group * hd;
-      AttendHeads(q_.data() + off, hd, group, kb.data(), vb.data(), n, att_scale, scores.data(),
-                  att_.data() + off);
+      scores.resize(static_cast<size_t>(piece) * group * nblocks * KvCache::kBlockTokens);
+      // The piece's heads in power-of-two runs (AttendHeads16 takes 1, 2, 4, 8).
+      for (int kv = kv0, end = std::min(c.n_kv_heads, kv0 + piece); kv < end;) {
+        int run = 1;
+        while (run * 2 <= end - kv) run *= 2;
+        const size_t off = static_cast<size_t>(t) * qd + static_cast<size_t>(kv) * group * hd;
+        AttendHeads(wide, q_.data() + off, hd, group, kv, run, kb.data(), vb.data(), n, att_scale,
+                    scores.data(), att_.data() + off);
+        kv += run;
+      }
     }
   });
   if (observer) observer->OnLinearInput(l, Module::kO, att_.data(), T, qd);

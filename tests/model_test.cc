@@ -6,6 +6,7 @@
 #include <random>
 #include <set>
 
+#include "engine/backend/cpu/kernels.h"
 #include "engine/generator.h"
 #include "engine/sampler.h"
 #include "engine/synthetic.h"
@@ -485,88 +486,102 @@ class AttentionObserver : public LinearObserver {
 // 1, 2, 4, scalar otherwise) against a double-precision reference, over lengths that are not multiples of
 // the 8-key groups or the 16-position KV blocks.
 TEST(Model, AttentionMatchesNaiveReference) {
-  // (query heads, KV heads): groups of 1, 2, 4 and 3 query heads per KV head.
-  const std::pair<int, int> heads[] = {{4, 4}, {4, 2}, {4, 1}, {3, 1}};
-  for (int hd : {8, 16, 32, 64, 128, 12}) {
-    for (auto [nh, nkv] : heads) {
-      for (RopeStyle style : {RopeStyle::kInterleaved, RopeStyle::kHalf}) {
-        ModelConfig c;
-        c.n_heads = nh;
-        c.n_kv_heads = nkv;
-        c.head_dim = hd;
-        c.dim = c.n_heads * hd;
-        c.n_layers = 1;
-        c.ffn_dim = 24;
-        c.vocab_size = 50;
-        c.max_seq_len = 128;
-        c.rope_style = style;
-        auto w = MakeSyntheticModel(c, WeightStorage{}, 7);
-        ASSERT_TRUE(w.ok()) << w.status();
-        ThreadPool pool(2);
-        Model m(*w, &pool);
-        const std::vector<int> lens = {37, 5, 16};
-        std::vector<int> toks = RandomTokens(58, hd, c.vocab_size);
-        std::vector<float> hidden(toks.size() * c.dim);
-        ASSERT_TRUE(m.Embed(toks, hidden.data()).ok());
-        AttentionObserver obs;
-        ASSERT_TRUE(m.ForwardLayer(0, nullptr, nullptr, lens, hidden.data(), &obs).ok());
-        const LayerWeights& L = (*w)->layers[0];
-        const std::vector<float> wq = L.w(Module::kQ).Dequantize(), wk = L.w(Module::kK).Dequantize(),
-                                 wv = L.w(Module::kV).Dequantize();
-        const int qd = c.q_dim(), kvd = c.kv_dim(), half = hd / 2;
-        auto project = [&](const std::vector<float>& wm, int rows, int t) {
-          std::vector<double> out(rows);
-          for (int r = 0; r < rows; ++r)
-            for (int k = 0; k < c.dim; ++k)
-              out[r] += static_cast<double>(wm[static_cast<size_t>(r) * c.dim + k]) *
-                        obs.xn[static_cast<size_t>(t) * c.dim + k];
-          return out;
-        };
-        auto rope = [&](std::vector<double>& v, int heads, int pos) {
-          for (int h = 0; h < heads; ++h)
-            for (int i = 0; i < half; ++i) {
-              const double ang = pos * std::pow(static_cast<double>(c.rope_theta), -2.0 * i / hd);
-              const int ia = h * hd + (style == RopeStyle::kInterleaved ? 2 * i : i);
-              const int ib = h * hd + (style == RopeStyle::kInterleaved ? 2 * i + 1 : i + half);
-              const double a = v[ia], b = v[ib];
-              v[ia] = a * std::cos(ang) - b * std::sin(ang);
-              v[ib] = a * std::sin(ang) + b * std::cos(ang);
+  // (query heads, KV heads): groups of 1, 2, 4 and 3 query heads per KV head;
+  // 8, 7 and 6 KV heads for the calls that interleave several KV heads (runs of
+  // 8, and of 4 + 2 + 1 and 4 + 2 with an offset into the blocks).
+  const std::pair<int, int> heads[] = {{4, 4}, {4, 2}, {4, 1}, {3, 1}, {8, 8}, {7, 7}, {12, 6}};
+  // The default kernels, and AVX2 for the 8-wide attention on AVX-512 machines.
+  const std::string saved = cpu::ActiveIsaName();
+  struct Restore {
+    std::string isa;
+    ~Restore() { cpu::SetActiveIsa(isa); }
+  } restore{saved};
+  for (const std::string& isa : {saved, std::string("avx2")}) {
+    if (cpu::KernelsFor(isa) == nullptr) continue;
+    ASSERT_TRUE(cpu::SetActiveIsa(isa));
+    SCOPED_TRACE(isa);
+    for (int hd : {8, 16, 32, 64, 128, 12}) {
+      for (auto [nh, nkv] : heads) {
+        for (RopeStyle style : {RopeStyle::kInterleaved, RopeStyle::kHalf}) {
+          ModelConfig c;
+          c.n_heads = nh;
+          c.n_kv_heads = nkv;
+          c.head_dim = hd;
+          c.dim = c.n_heads * hd;
+          c.n_layers = 1;
+          c.ffn_dim = 24;
+          c.vocab_size = 50;
+          c.max_seq_len = 128;
+          c.rope_style = style;
+          auto w = MakeSyntheticModel(c, WeightStorage{}, 7);
+          ASSERT_TRUE(w.ok()) << w.status();
+          ThreadPool pool(2);
+          Model m(*w, &pool);
+          const std::vector<int> lens = {37, 5, 16};
+          std::vector<int> toks = RandomTokens(58, hd, c.vocab_size);
+          std::vector<float> hidden(toks.size() * c.dim);
+          ASSERT_TRUE(m.Embed(toks, hidden.data()).ok());
+          AttentionObserver obs;
+          ASSERT_TRUE(m.ForwardLayer(0, nullptr, nullptr, lens, hidden.data(), &obs).ok());
+          const LayerWeights& L = (*w)->layers[0];
+          const std::vector<float> wq = L.w(Module::kQ).Dequantize(),
+                                   wk = L.w(Module::kK).Dequantize(),
+                                   wv = L.w(Module::kV).Dequantize();
+          const int qd = c.q_dim(), kvd = c.kv_dim(), half = hd / 2;
+          auto project = [&](const std::vector<float>& wm, int rows, int t) {
+            std::vector<double> out(rows);
+            for (int r = 0; r < rows; ++r)
+              for (int k = 0; k < c.dim; ++k)
+                out[r] += static_cast<double>(wm[static_cast<size_t>(r) * c.dim + k]) *
+                          obs.xn[static_cast<size_t>(t) * c.dim + k];
+            return out;
+          };
+          auto rope = [&](std::vector<double>& v, int heads, int pos) {
+            for (int h = 0; h < heads; ++h)
+              for (int i = 0; i < half; ++i) {
+                const double ang = pos * std::pow(static_cast<double>(c.rope_theta), -2.0 * i / hd);
+                const int ia = h * hd + (style == RopeStyle::kInterleaved ? 2 * i : i);
+                const int ib = h * hd + (style == RopeStyle::kInterleaved ? 2 * i + 1 : i + half);
+                const double a = v[ia], b = v[ib];
+                v[ia] = a * std::cos(ang) - b * std::sin(ang);
+                v[ib] = a * std::sin(ang) + b * std::cos(ang);
+              }
+          };
+          double max_err = 0, max_ref = 0;
+          int start = 0;
+          for (int len : lens) {
+            std::vector<std::vector<double>> q(len), k(len), v(len);
+            for (int p = 0; p < len; ++p) {
+              q[p] = project(wq, qd, start + p);
+              k[p] = project(wk, kvd, start + p);
+              v[p] = project(wv, kvd, start + p);
+              rope(q[p], c.n_heads, p);
+              rope(k[p], c.n_kv_heads, p);
             }
-        };
-        double max_err = 0, max_ref = 0;
-        int start = 0;
-        for (int len : lens) {
-          std::vector<std::vector<double>> q(len), k(len), v(len);
-          for (int p = 0; p < len; ++p) {
-            q[p] = project(wq, qd, start + p);
-            k[p] = project(wk, kvd, start + p);
-            v[p] = project(wv, kvd, start + p);
-            rope(q[p], c.n_heads, p);
-            rope(k[p], c.n_kv_heads, p);
+            for (int p = 0; p < len; ++p)
+              for (int h = 0; h < c.n_heads; ++h) {
+                const int kvh = h / (c.n_heads / c.n_kv_heads);
+                std::vector<double> s(p + 1);
+                double mx = -1e300, sum = 0;
+                for (int j = 0; j <= p; ++j) {
+                  for (int d = 0; d < hd; ++d) s[j] += q[p][h * hd + d] * k[j][kvh * hd + d];
+                  s[j] /= std::sqrt(static_cast<double>(hd));
+                  mx = std::max(mx, s[j]);
+                }
+                for (int j = 0; j <= p; ++j) sum += s[j] = std::exp(s[j] - mx);
+                for (int d = 0; d < hd; ++d) {
+                  double o = 0;
+                  for (int j = 0; j <= p; ++j) o += s[j] / sum * v[j][kvh * hd + d];
+                  const double got = obs.att[static_cast<size_t>(start + p) * qd + h * hd + d];
+                  max_err = std::max(max_err, std::fabs(got - o));
+                  max_ref = std::max(max_ref, std::fabs(o));
+                }
+              }
+            start += len;
           }
-          for (int p = 0; p < len; ++p)
-            for (int h = 0; h < c.n_heads; ++h) {
-              const int kvh = h / (c.n_heads / c.n_kv_heads);
-              std::vector<double> s(p + 1);
-              double mx = -1e300, sum = 0;
-              for (int j = 0; j <= p; ++j) {
-                for (int d = 0; d < hd; ++d) s[j] += q[p][h * hd + d] * k[j][kvh * hd + d];
-                s[j] /= std::sqrt(static_cast<double>(hd));
-                mx = std::max(mx, s[j]);
-              }
-              for (int j = 0; j <= p; ++j) sum += s[j] = std::exp(s[j] - mx);
-              for (int d = 0; d < hd; ++d) {
-                double o = 0;
-                for (int j = 0; j <= p; ++j) o += s[j] / sum * v[j][kvh * hd + d];
-                const double got = obs.att[static_cast<size_t>(start + p) * qd + h * hd + d];
-                max_err = std::max(max_err, std::fabs(got - o));
-                max_ref = std::max(max_ref, std::fabs(o));
-              }
-            }
-          start += len;
+          EXPECT_LT(max_err, 1e-5 * std::max(1.0, max_ref))
+              << "head_dim " << hd << ", " << nh << " heads, " << nkv << " KV heads";
         }
-        EXPECT_LT(max_err, 1e-5 * std::max(1.0, max_ref))
-            << "head_dim " << hd << ", " << nh << " heads, " << nkv << " KV heads";
       }
     }
   }
