@@ -226,7 +226,8 @@ absl::StatusOr<std::shared_ptr<const Matrix>> TensorToMatrix(const SafetensorsTe
 // packed-factors file.
 absl::StatusOr<std::shared_ptr<const Matrix>> LoadPackedFactor(const SafetensorsFile& f,
                                                                const std::string& base, int rows,
-                                                               int cols, QuantSpec spec) {
+                                                               int cols, QuantSpec spec,
+                                                               int packed_version) {
   const std::string where = absl::StrCat(f.path(), ": tensor ", base);
   const SafetensorsTensor* q = f.FindTensor(base + ".qweight");
   const SafetensorsTensor* s = f.FindTensor(base + ".scales");
@@ -258,6 +259,7 @@ absl::StatusOr<std::shared_ptr<const Matrix>> LoadPackedFactor(const Safetensors
   std::memcpy(p.scale_f16.data(), s->data, s->byte_size);
   p.min_f16.resize(mn->n_elements);
   std::memcpy(p.min_f16.data(), mn->data, mn->byte_size);
+  if (packed_version == 1) UpgradePackedFromV1(&p);
   auto m = QuantMatrix::FromPacked(std::move(p));
   if (!m.ok())
     return absl::InvalidArgumentError(absl::StrCat(where, ": ", m.status().message()));
@@ -519,9 +521,9 @@ absl::StatusOr<std::shared_ptr<const LowRankAdapter>> LoadAdapterDir(const std::
       }
     };
     ASSIGN_OR_RETURN(int version, get_int("packed_format_version"));
-    if (version != kPackedFormatVersion)
+    if (version != kPackedFormatVersion && version != 1)
       return absl::UnimplementedError(absl::StrCat(factors_path, ": packed_format_version ", version,
-                                                   " is not supported (this build reads ",
+                                                   " is not supported (this build reads 1 to ",
                                                    kPackedFormatVersion, ")"));
     QuantSpec spec;
     ASSIGN_OR_RETURN(spec.bits, get_int("bits"));
@@ -557,8 +559,8 @@ absl::StatusOr<std::shared_ptr<const LowRankAdapter>> LoadAdapterDir(const std::
     for (const auto& [l, mi] : packed_modules) {
       const std::string prefix = PeftModulePrefix(l, static_cast<Module>(mi));
       LowRankFactors f;
-      ASSIGN_OR_RETURN(f.a, LoadPackedFactor(*pf, prefix + ".lora_A", r, dims.in[mi], spec));
-      ASSIGN_OR_RETURN(f.bt, LoadPackedFactor(*pf, prefix + ".lora_Bt", r, dims.out[mi], spec));
+      ASSIGN_OR_RETURN(f.a, LoadPackedFactor(*pf, prefix + ".lora_A", r, dims.in[mi], spec, version));
+      ASSIGN_OR_RETURN(f.bt, LoadPackedFactor(*pf, prefix + ".lora_Bt", r, dims.out[mi], spec, version));
       if (scale != 1.0f)
         return absl::InvalidArgumentError(absl::StrCat(
             factors_path, ": quantized factors need lora_alpha = r in ", cfg_path));

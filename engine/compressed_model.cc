@@ -221,6 +221,7 @@ struct Reader {
   const SafetensorsFile* file;
   const json* entries;
   std::string json_path;
+  int packed_version;  // of the file's packed layouts (older ones are upgraded)
 
   absl::StatusOr<const SafetensorsTensor*> Tensor(const std::string& name, const char* dtype,
                                                   std::vector<int64_t> shape) const {
@@ -258,6 +259,7 @@ struct Reader {
     std::memcpy(p.scale_f16.data(), s->data, s->byte_size);
     p.min_f16.resize(m->n_elements);
     std::memcpy(p.min_f16.data(), m->data, m->byte_size);
+    if (packed_version == 1) UpgradePackedFromV1(&p);
     return p;
   }
 
@@ -442,10 +444,10 @@ absl::StatusOr<ModelWeights> LoadCompressedModel(const std::string& path,
                                                  " is not supported (this build reads ",
                                                  kCompressedModelVersion, ")"));
   ASSIGN_OR_RETURN(int packed_version, JsonField<int>(j, "packed_format_version", json_path));
-  if (packed_version != kPackedFormatVersion)
+  if (packed_version != kPackedFormatVersion && packed_version != 1)
     return absl::UnimplementedError(absl::StrCat(json_path, ": packed_format_version ",
                                                  packed_version, " is not supported (this build "
-                                                 "reads ", kPackedFormatVersion, ")"));
+                                                 "reads 1 to ", kPackedFormatVersion, ")"));
   ModelWeights w;
   w.source = dir;
   if (!j.contains("config")) return JsonError(json_path, "missing \"config\"");
@@ -457,7 +459,7 @@ absl::StatusOr<ModelWeights> LoadCompressedModel(const std::string& path,
     return JsonError(json_path, "missing \"tensors\" object");
 
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(weights_path));
-  Reader r{file.get(), &*tensors_it, json_path};
+  Reader r{file.get(), &*tensors_it, json_path, packed_version};
   ASSIGN_OR_RETURN(w.token_embedding, r.MatrixNamed("token_embedding", c.vocab_size, c.dim));
   if (shared) {
     w.output = w.token_embedding;

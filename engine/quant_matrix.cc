@@ -41,11 +41,17 @@ int QuantizedWeights::groups() const {
 }
 
 int QuantBlockBytes(int bits) { return cpu::QuantBlockBytes(bits); }
-void PackQuantBlock(int bits, const uint8_t* codes32, uint8_t* out) {
-  cpu::PackBlock(bits, codes32, out);
+void PackQuantBlock(int bits, const uint8_t* codes32, uint8_t* out, int block) {
+  cpu::PackBlock(bits, codes32, out, block);
 }
-void UnpackQuantBlock(int bits, const uint8_t* in, uint8_t* codes32) {
-  cpu::UnpackBlock(bits, in, codes32);
+void UnpackQuantBlock(int bits, const uint8_t* in, uint8_t* codes32, int block) {
+  cpu::UnpackBlock(bits, in, codes32, block);
+}
+void UpgradePackedFromV1(PackedQuant* p) {
+  if (p->spec.bits != 3) return;  // 2- and 4-bit blocks did not change
+  const int blocks = (p->cols + 31) / 32;
+  if (p->packed.size() != static_cast<size_t>(p->rows) * blocks * 12) return;  // FromPacked reports it
+  cpu::UpgradeQ3RowsFromV1(p->packed.data(), static_cast<size_t>(p->rows), blocks);
 }
 
 absl::Status ValidateQuantSpec(int rows, int cols, const QuantSpec& spec) {
@@ -162,7 +168,7 @@ absl::StatusOr<std::unique_ptr<QuantMatrix>> QuantMatrix::Create(const Quantized
       const int k1 = std::min(w.cols, k0 + kQBlock);
       std::memset(codes, 0, sizeof(codes));
       std::memcpy(codes, src + k0, k1 - k0);
-      cpu::PackBlock(w.spec.bits, codes, p.packed.data() + (static_cast<size_t>(r) * blocks + b) * bb);
+      cpu::PackBlock(w.spec.bits, codes, p.packed.data() + (static_cast<size_t>(r) * blocks + b) * bb, b);
     }
   }
   return std::unique_ptr<QuantMatrix>(new QuantMatrix(std::move(p)));
@@ -275,7 +281,7 @@ void QuantMatrix::RowCodes(int r, uint8_t* out) const {
   const int bb = QuantBlockBytes(p_.spec.bits);
   const uint8_t* row = p_.packed.data() + static_cast<size_t>(r) * row_bytes_;
   for (int b = 0; b < blocks_; ++b) {
-    cpu::UnpackBlock(p_.spec.bits, row + static_cast<size_t>(b) * bb, codes);
+    cpu::UnpackBlock(p_.spec.bits, row + static_cast<size_t>(b) * bb, codes, b);
     const int k0 = b * kQBlock;
     const int k1 = std::min(cols(), k0 + kQBlock);
     std::memcpy(out + k0, codes, k1 - k0);

@@ -17,14 +17,17 @@
 
 namespace eora {
 
-// Version of the packed layouts below (docs/formats.md).
-inline constexpr int kPackedFormatVersion = 1;
+// Version of the packed layouts below (docs/formats.md). Version 2 changed only
+// the 3-bit blocks (high-bit order, and the plane order of odd blocks); files of
+// version 1 are still read (UpgradePackedFromV1).
+inline constexpr int kPackedFormatVersion = 2;
 
 // Bytes of one packed block of 32 codes: 16 (4-bit), 12 (3-bit), 8 (2-bit).
 int QuantBlockBytes(int bits);
-// Packs 32 codes (each < 2^bits) into QuantBlockBytes(bits) bytes, and back.
-void PackQuantBlock(int bits, const uint8_t* codes32, uint8_t* out);
-void UnpackQuantBlock(int bits, const uint8_t* in, uint8_t* codes32);
+// Packs 32 codes (each < 2^bits) into QuantBlockBytes(bits) bytes, and back;
+// `block` is the block's index in its row (3-bit blocks depend on its parity).
+void PackQuantBlock(int bits, const uint8_t* codes32, uint8_t* out, int block);
+void UnpackQuantBlock(int bits, const uint8_t* in, uint8_t* codes32, int block);
 
 // Validates a QuantSpec and a shape (bits in {2,3,4}, group_size >= 0 and a
 // multiple of 32, rows, cols >= 1).
@@ -44,6 +47,10 @@ struct PackedQuant {
   std::vector<uint16_t> scale_f16;
   std::vector<uint16_t> min_f16;
 };
+
+// Rewrites packed storage read from a version 1 file into the current layout
+// (a no-op unless the codes are 3-bit).
+void UpgradePackedFromV1(PackedQuant* p);
 
 // MatrixFormat::kQuant.
 class QuantMatrix final : public Matrix {

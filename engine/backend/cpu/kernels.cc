@@ -40,12 +40,14 @@ bool CpuHasAvx2() {
 bool CpuHasAvx512() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  // The AVX-512 table needs VNNI (vpdpbusd) and VBMI (byte permutes and
-  // multishifts): Ice Lake, Sapphire Rapids and later, AMD Zen 4 and later. Older
-  // AVX-512 CPUs (Skylake-X, Cascade Lake) run the AVX2 table.
+  // The AVX-512 table needs VNNI (vpdpbusd), VBMI (byte permutes) and GFNI (the
+  // affine byte transform that unpacks 2-bit planes): Ice Lake, Sapphire Rapids
+  // and later, AMD Zen 4 and later. Older AVX-512 CPUs (Skylake-X, Cascade Lake)
+  // run the AVX2 table.
   return CpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi") &&
+         __builtin_cpu_supports("gfni");
 #else
   return false;
 #endif

@@ -80,20 +80,16 @@ void PackActivationTiles(const QActView& x, int t0, int np, uint8_t* dst) {
 // Codes of weight rows [r, r + nrows), nrows <= 16, in A-tile layout: dst[p][i][0..63]
 // = codes of blocks 2p, 2p + 1 of row r + i (a missing second block, and rows past
 // nrows, read as zero codes).
-template <int kBits, bool kVbmi>
+template <int kBits>
 void UnpackPanel(const QuantView& w, int r, int nrows, int np, uint8_t* dst) {
   constexpr int kBB = QuantBlockBytes(kBits);
-  [[maybe_unused]] Vbmi3Consts vc;
-  if constexpr (kVbmi) vc = LoadVbmi3Consts();
   const int full = w.blocks / 2;
   for (int i = nrows; i < 16; ++i)
     for (int p = 0; p < np; ++p) _mm512_store_si512(dst + 1024 * static_cast<size_t>(p) + 64 * i, _mm512_setzero_si512());
   for (int i = 0; i < nrows; ++i) {
     const uint8_t* row = w.codes + static_cast<size_t>(r + i) * w.row_bytes;
     for (int p = 0; p < full; ++p) {
-      __m512i v;
-      if constexpr (kVbmi) v = UnpackPair3Vbmi(row + 2 * static_cast<size_t>(p) * kBB, vc);
-      else v = UnpackPair<kBits>(row + 2 * static_cast<size_t>(p) * kBB);
+      const __m512i v = UnpackPair<kBits>(row + 2 * static_cast<size_t>(p) * kBB);
       _mm512_store_si512(dst + 1024 * static_cast<size_t>(p) + 64 * i, v);
     }
     if (full < np) {
@@ -111,7 +107,7 @@ inline void ApplyPair(const int32_t* c, __m512 dv, const float* s, __m512 acc[16
   }
 }
 
-template <int kBits, bool kVbmi = false>
+template <int kBits>
 void QuantGemmAmx(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
   // Every row of a product takes the same path whatever range [r0, r1) it is
   // computed in (results must not depend on how rows are split across threads): a
@@ -150,7 +146,7 @@ void QuantGemmAmx(const QuantView& w, const QActView& x, float* y, int ldy, int 
   for (int r = r0; r < r1; r += 16) {
     const int nrows = r1 - r < 16 ? r1 - r : 16;
     const __mmask16 store_mask = static_cast<__mmask16>(nrows == 16 ? 0xFFFFu : (1u << nrows) - 1u);
-    UnpackPanel<kBits, kVbmi>(w, r, nrows, np, panel);
+    UnpackPanel<kBits>(w, r, nrows, np, panel);
     for (int i = 0; i < 16; ++i) {
       if (i >= nrows) {
         for (int p = 0; p < np; ++p) spair[p * 16 + i] = 0.f;
@@ -209,7 +205,7 @@ void QuantGemmAmx(const QuantView& w, const QActView& x, float* y, int ldy, int 
 void FillAmxKernels(KernelTable* t) {
   for (int b = 2; b <= 4; ++b) g_vnni_quant[b] = t->quant_gemm[b];
   t->quant_gemm[2] = QuantGemmAmx<2>;
-  t->quant_gemm[3] = QuantGemmAmx<3, true>;
+  t->quant_gemm[3] = QuantGemmAmx<3>;
   t->quant_gemm[4] = QuantGemmAmx<4>;
 }
 

@@ -37,12 +37,13 @@ inline float Hsum(__m256 a) { return _mm_cvtss_f32(Hsum4(a, a, a, a)); }
 
 inline float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
 
-// Unpacks a 32-code block into 32 bytes (code k in byte k). Layouts: docs/formats.md.
+// Unpacks block `block` of a row (at p) into 32 bytes (code k in byte k).
+// Layouts: docs/formats.md (only 3-bit blocks depend on the block's parity).
 template <int kBits>
-inline __m256i Unpack(const uint8_t* p);
+inline __m256i Unpack(const uint8_t* p, int block);
 
 template <>
-inline __m256i Unpack<4>(const uint8_t* p) {
+inline __m256i Unpack<4>(const uint8_t* p, int) {
   // Both 128-bit halves get the 16 bytes; the high half is shifted right by 4.
   const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   const __m256i s = _mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4));
@@ -50,7 +51,7 @@ inline __m256i Unpack<4>(const uint8_t* p) {
 }
 
 template <>
-inline __m256i Unpack<2>(const uint8_t* p) {
+inline __m256i Unpack<2>(const uint8_t* p, int) {
   // 64-bit lane j holds codes 8j..8j+7: bits 2j..2j+1 of each byte.
   const __m256i v = _mm256_set1_epi64x(static_cast<long long>(Load64(p)));
   const __m256i s = _mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 2, 4, 6));
@@ -58,14 +59,17 @@ inline __m256i Unpack<2>(const uint8_t* p) {
 }
 
 template <>
-inline __m256i Unpack<3>(const uint8_t* p) {
-  const __m256i lo = Unpack<2>(p);
-  // High plane: code 4L+k has its bit at 8k+L; 32-bit lane L shifted right by L
-  // puts it in bit 0 of byte k.
-  const __m256i h = _mm256_set1_epi32(static_cast<int>(Load32(p + 8)));
-  const __m256i s = _mm256_srlv_epi32(h, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  const __m256i hb = _mm256_and_si256(s, _mm256_set1_epi8(0x01));
-  return _mm256_or_si256(lo, _mm256_slli_epi16(hb, 2));
+inline __m256i Unpack<3>(const uint8_t* p, int block) {
+  const __m256i lo = Unpack<2>(p + Q3LowOffset(block), 0);
+  // High word: bit k is code k's bit 2. Byte k gets byte k / 8 of the word, then
+  // its own bit k % 8 is tested.
+  const __m256i h = _mm256_set1_epi32(static_cast<int>(Load32(p + Q3HighOffset(block))));
+  const __m256i spread = _mm256_shuffle_epi8(
+      h, _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                          3, 3, 3, 3, 3, 3));
+  const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+  return _mm256_or_si256(lo, _mm256_and_si256(set, _mm256_set1_epi8(0x04)));
 }
 
 // Sum over 32 bytes of unsigned codes times signed int8, as 8 int32 partial sums
@@ -475,11 +479,11 @@ void QuantTile(const QuantView& w, const QActView& x, float* y, int ldy, int r, 
       // the activation blocks are re-loaded from L1 for each row.
       for (; b + kRL <= cn; b += kRL) {
         EORA_UNROLL for (int i = 0; i < kR; ++i) {
-          __m256i p16 = _mm256_maddubs_epi16(Unpack<kBits>(wp[i] + b * kBB),
+          __m256i p16 = _mm256_maddubs_epi16(Unpack<kBits>(wp[i] + b * kBB, b),
                                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[0] + 32 * b)));
           EORA_UNROLL for (int u = 1; u < kRL; ++u) {
             const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[0] + 32 * (b + u)));
-            p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(Unpack<kBits>(wp[i] + (b + u) * kBB), qv));
+            p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(Unpack<kBits>(wp[i] + (b + u) * kBB, b + u), qv));
           }
           const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
           acc[i][0] = _mm256_fmadd_ps(dot, _mm256_broadcast_ss(&sc[i][b]), acc[i][0]);
@@ -490,7 +494,7 @@ void QuantTile(const QuantView& w, const QActView& x, float* y, int ldy, int r, 
       for (; b + kRL <= cn; b += kRL) {
         EORA_UNROLL for (int i = 0; i < kR; ++i) {
           __m256i wv[kRL];
-          EORA_UNROLL for (int u = 0; u < kRL; ++u) wv[u] = Unpack<kBits>(wp[i] + (b + u) * kBB);
+          EORA_UNROLL for (int u = 0; u < kRL; ++u) wv[u] = Unpack<kBits>(wp[i] + (b + u) * kBB, b + u);
           EORA_UNROLL for (int j = 0; j < kT; ++j) {
             __m256i p16 = _mm256_maddubs_epi16(wv[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[j] + 32 * b)));
             EORA_UNROLL for (int u = 1; u < kRL; ++u) {
@@ -505,7 +509,7 @@ void QuantTile(const QuantView& w, const QActView& x, float* y, int ldy, int r, 
     }
     for (; b < cn; ++b) {
       __m256i wv[kR];
-      EORA_UNROLL for (int i = 0; i < kR; ++i) wv[i] = Unpack<kBits>(wp[i] + b * kBB);
+      EORA_UNROLL for (int i = 0; i < kR; ++i) wv[i] = Unpack<kBits>(wp[i] + b * kBB, b);
       EORA_UNROLL for (int j = 0; j < kT; ++j) {
         const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[j] + 32 * b));
         EORA_UNROLL for (int i = 0; i < kR; ++i) {
@@ -588,7 +592,7 @@ inline void GemmSubRun(const uint8_t* wp, const int8_t* const* qp, int b, __m256
                        __m256i ones) {
   constexpr int kBB = QuantBlockBytes(kBits);
   __m256i wv[kG];
-  EORA_UNROLL for (int u = 0; u < kG; ++u) wv[u] = Unpack<kBits>(wp + (b + u) * kBB);
+  EORA_UNROLL for (int u = 0; u < kG; ++u) wv[u] = Unpack<kBits>(wp + (b + u) * kBB, b + u);
   EORA_UNROLL for (int t = 0; t < kT; ++t) {
     __m256i p16 = _mm256_maddubs_epi16(wv[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[t] + 32 * b)));
     EORA_UNROLL for (int u = 1; u < kG; ++u)
@@ -782,7 +786,7 @@ void QuantDequantRow(const QuantView& w, int r, float* out) {
     const __m256 s = _mm256_set1_ps(HalfToFloat(sc[g]));
     const __m256 m = _mm256_set1_ps(HalfToFloat(mn[g]));
     __m256 f[4];
-    CodesToFloat(Unpack<kBits>(row + static_cast<size_t>(b) * kBB), f);
+    CodesToFloat(Unpack<kBits>(row + static_cast<size_t>(b) * kBB, b), f);
     // mul then add (not fma): bit-exact with scale * code + min.
     EORA_UNROLL for (int i = 0; i < 4; ++i) f[i] = _mm256_add_ps(_mm256_mul_ps(f[i], s), m);
     const int k0 = b * 32;
@@ -809,7 +813,7 @@ void QuantAccTTile(const QuantView& w, const float* u, int ldu, int r, float* y,
     }
     for (int j = 0; j < r; ++j) {
       __m256 f[4];
-      CodesToFloat(Unpack<kBits>(w.codes + static_cast<size_t>(j) * w.row_bytes + static_cast<size_t>(b) * kBB), f);
+      CodesToFloat(Unpack<kBits>(w.codes + static_cast<size_t>(j) * w.row_bytes + static_cast<size_t>(b) * kBB, b), f);
       const float s = HalfToFloat(w.scale[static_cast<size_t>(j) * w.groups + g]);
       const float m = HalfToFloat(w.min[static_cast<size_t>(j) * w.groups + g]);
       EORA_UNROLL for (int t = 0; t < kT; ++t) {
@@ -875,7 +879,7 @@ void Sparse24Tile(const Sparse24View& w, int r, const float* x, int ldx, float* 
         xs[t] = p;
       }
     }
-    const __m256i pos = Unpack<2>(meta + 8 * b);
+    const __m256i pos = Unpack<2>(meta + 8 * b, b);
     const __m128i plo = _mm256_castsi256_si128(pos);
     const __m128i phi = _mm256_extracti128_si256(pos, 1);
     const __m128i p8[4] = {plo, _mm_srli_si128(plo, 8), phi, _mm_srli_si128(phi, 8)};
@@ -963,10 +967,10 @@ void Sparse24QTile(const Sparse24QuantView& w, const SwizzledActs& sa, int kb, i
     const __m256 m = _mm256_set1_ps(HalfToFloat(mn[g]));
     const int b1 = Min(kb, (g + 1) * qv.bpg);
     for (int b = g * qv.bpg; b < b1; ++b) {
-      const __m256i idx = _mm256_add_epi8(Unpack<2>(meta + 8 * b), base);
+      const __m256i idx = _mm256_add_epi8(Unpack<2>(meta + 8 * b, b), base);
       const __m256i ix = _mm256_or_si256(idx, zero_hi);
       const __m256i iy = _mm256_or_si256(idx, zero_lo);
-      const __m256i cv = Unpack<kBits>(codes + static_cast<size_t>(b) * kBB);
+      const __m256i cv = Unpack<kBits>(codes + static_cast<size_t>(b) * kBB, b);
       EORA_UNROLL for (int t = 0; t < kT; ++t) {
         const size_t o = static_cast<size_t>(t0 + t) * kb + b;
         const uint8_t* xq = sa.q + o * 64;

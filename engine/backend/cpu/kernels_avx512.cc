@@ -1,4 +1,4 @@
-// AVX-512 (F + BW + VL + DQ + VNNI + VBMI) kernels: the dense F32 product (16x16
+// AVX-512 (F + BW + VL + DQ + VNNI + VBMI) and GFNI kernels: the dense F32 product (16x16
 // register tiles) and the group-wise quantized products (two 32-code blocks per
 // vector, vpdpbusd). Everything else is inherited from the AVX2 table (every
 // AVX-512 CPU has AVX2); an entry is overridden here only where it measured faster
@@ -319,11 +319,9 @@ constexpr int kPairChunk = 16;
 // scale_g * d_pair * dot(codes, q) + sum_g min_g * gsum_g. The combined scales of
 // a chunk of 16 pairs are formed as vectors first, then each pair's product
 // accumulates with one broadcast FMA.
-template <int kBits, int kR, int kT, bool kVbmi>
+template <int kBits, int kR, int kT>
 void QuantTileVnni(const QuantView& w, const QActView& x, float* y, int ldy, int r, int t0) {
   constexpr int kBB = QuantBlockBytes(kBits);
-  [[maybe_unused]] Vbmi3Consts vc;
-  if constexpr (kVbmi) vc = LoadVbmi3Consts();
   const int nb = w.blocks, np = nb / 2;
   const uint8_t* rows[kR];
   const uint16_t* scs[kR];
@@ -380,10 +378,7 @@ void QuantTileVnni(const QuantView& w, const QActView& x, float* y, int ldy, int
     for (int j = 0; j < cnt; ++j) {
       const size_t b = 2 * static_cast<size_t>(p0 + j);
       __m512i wv[kR];
-      EORA_UNROLL for (int i = 0; i < kR; ++i) {
-        if constexpr (kVbmi) wv[i] = UnpackPair3Vbmi(rows[i] + b * kBB, vc);
-        else wv[i] = UnpackPair<kBits>(rows[i] + b * kBB);
-      }
+      EORA_UNROLL for (int i = 0; i < kR; ++i) wv[i] = UnpackPair<kBits>(rows[i] + b * kBB);
       EORA_UNROLL for (int t = 0; t < kT; ++t) {
         const __m512i qv = _mm512_loadu_si512(q[t] + 32 * b);
         EORA_UNROLL for (int i = 0; i < kR; ++i) {
@@ -436,14 +431,14 @@ void QuantTileVnni(const QuantView& w, const QActView& x, float* y, int ldy, int
     EORA_UNROLL for (int t = 0; t < kT; ++t) y[static_cast<size_t>(t0 + t) * ldy + r + i] = sums[i * kT + t] + tail[i][t];
 }
 
-template <int kBits, int kR, bool kVbmi>
+template <int kBits, int kR>
 void QuantRowsVnni(const QuantView& w, const QActView& x, float* y, int ldy, int r) {
   int t = 0;
-  for (; t + 4 <= x.n; t += 4) QuantTileVnni<kBits, kR, 4, kVbmi>(w, x, y, ldy, r, t);
+  for (; t + 4 <= x.n; t += 4) QuantTileVnni<kBits, kR, 4>(w, x, y, ldy, r, t);
   switch (x.n - t) {
-    case 3: QuantTileVnni<kBits, kR, 3, kVbmi>(w, x, y, ldy, r, t); break;
-    case 2: QuantTileVnni<kBits, kR, 2, kVbmi>(w, x, y, ldy, r, t); break;
-    case 1: QuantTileVnni<kBits, kR, 1, kVbmi>(w, x, y, ldy, r, t); break;
+    case 3: QuantTileVnni<kBits, kR, 3>(w, x, y, ldy, r, t); break;
+    case 2: QuantTileVnni<kBits, kR, 2>(w, x, y, ldy, r, t); break;
+    case 1: QuantTileVnni<kBits, kR, 1>(w, x, y, ldy, r, t); break;
     default: break;
   }
 }
@@ -462,7 +457,7 @@ inline void PrefetchRows(const QuantView& w, int r, int count) {
   for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
 }
 
-template <int kBits, bool kVbmi = false>
+template <int kBits>
 void QuantGemmVnni(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
   if (x.span % 2 != 0 || (w.groups > 1 && w.bpg % 2 != 0))
     return g_avx2_quant[kBits](w, x, y, ldy, r0, r1);
@@ -470,9 +465,9 @@ void QuantGemmVnni(const QuantView& w, const QActView& x, float* y, int ldy, int
   PrefetchRows(w, r, 8);
   for (; r + 4 <= r1; r += 4) {
     PrefetchRows(w, r + 8, 4);
-    QuantRowsVnni<kBits, 4, kVbmi>(w, x, y, ldy, r);
+    QuantRowsVnni<kBits, 4>(w, x, y, ldy, r);
   }
-  for (; r < r1; ++r) QuantRowsVnni<kBits, 1, kVbmi>(w, x, y, ldy, r);
+  for (; r < r1; ++r) QuantRowsVnni<kBits, 1>(w, x, y, ldy, r);
 }
 
 // ---- 2:4 sparse, quantized kept values, VNNI + VBMI ----------------------------------
@@ -500,8 +495,6 @@ void Sparse24QRowVnni(const Sparse24QuantView& w, const QActView& x, float* y, i
       88, 88, 92, 92, 96, 96, 100, 100, 104, 104, 108, 108, 112, 112, 116, 116, 120, 120, 124, 124};
   const __m512i base = _mm512_load_si512(kBase);
   const __m512i ones = _mm512_set1_epi8(1);
-  [[maybe_unused]] Vbmi3Consts vc;
-  if constexpr (kBits == 3) vc = LoadVbmi3Consts();
   __m512 acc[kT];
   EORA_UNROLL for (int t = 0; t < kT; ++t) acc[t] = _mm512_setzero_ps();
   const int ppg = qv.groups == 1 ? np + 1 : qv.bpg / 2;  // pairs per weight group
@@ -516,8 +509,7 @@ void Sparse24QRowVnni(const Sparse24QuantView& w, const QActView& x, float* y, i
     __m512i idx, cv;
     if (full) {
       idx = UnpackPair<2>(meta + 16 * static_cast<size_t>(p));
-      if constexpr (kBits == 3) cv = UnpackPair3Vbmi(codes + 2 * static_cast<size_t>(p) * kBB, vc);
-      else cv = UnpackPair<kBits>(codes + 2 * static_cast<size_t>(p) * kBB);
+      cv = UnpackPair<kBits>(codes + 2 * static_cast<size_t>(p) * kBB);
     } else {
       idx = _mm512_zextsi256_si512(UnpackOne<2>(meta + 16 * static_cast<size_t>(p)));
       cv = _mm512_zextsi256_si512(UnpackOne<kBits>(codes + 2 * static_cast<size_t>(p) * kBB));
@@ -645,7 +637,7 @@ void FillAvx512Kernels(KernelTable* t) {
   t->dense_gemm[kDenseBF16] = DenseGemmHalf<kDenseBF16>;
   for (int b = 2; b <= 4; ++b) g_avx2_quant[b] = t->quant_gemm[b];
   t->quant_gemm[2] = QuantGemmVnni<2>;
-  t->quant_gemm[3] = QuantGemmVnni<3, true>;
+  t->quant_gemm[3] = QuantGemmVnni<3>;
   t->quant_gemm[4] = QuantGemmVnni<4>;
   // The B side of low-rank products: always the int8 kernel here (QuantMatrix takes
   // quant_acc_t_i8 whenever the table has it; the float entries stay the AVX2 ones).

@@ -1,4 +1,4 @@
-// Device helpers that read the packed weight formats (docs/formats.md, version 1:
+// Device helpers that read the packed weight formats (docs/formats.md, version 2:
 // the same bytes as the CPU matrices, uploaded as-is) through the views of
 // device_views.h. Header-only device code for .cu files; no launchers here.
 #pragma once
@@ -13,9 +13,11 @@ namespace eora::cuda {
 
 __device__ __forceinline__ float H2F(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 
-// Unpacks one 32-code block (layouts of docs/formats.md) into c[0..31].
+// Unpacks block `block` of a row (at p; layouts of docs/formats.md) into c[0..31].
+// 3-bit blocks: an even block is [low plane 8][high word 4], an odd one
+// [high word 4][low plane 8]; bit k of the high word is code k's bit 2.
 template <int BITS>
-__device__ __forceinline__ void UnpackBlock(const uint8_t* p, uint8_t (&c)[32]) {
+__device__ __forceinline__ void UnpackBlock(const uint8_t* p, uint8_t (&c)[32], int block) {
   if constexpr (BITS == 4) {
     const uint4 v = *reinterpret_cast<const uint4*>(p);
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
@@ -27,7 +29,8 @@ __device__ __forceinline__ void UnpackBlock(const uint8_t* p, uint8_t (&c)[32]) 
     }
   } else {
     const uint32_t* p32 = reinterpret_cast<const uint32_t*>(p);  // 4-byte aligned
-    const uint32_t w[2] = {p32[0], p32[1]};
+    const int lo = BITS == 3 && block % 2 != 0 ? 1 : 0;  // words before the low plane
+    const uint32_t w[2] = {p32[lo], p32[lo + 1]};
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const uint32_t byte = (w[i / 4] >> (8 * (i % 4))) & 0xffu;
@@ -35,28 +38,29 @@ __device__ __forceinline__ void UnpackBlock(const uint8_t* p, uint8_t (&c)[32]) 
       for (int j = 0; j < 4; ++j) c[i + 8 * j] = static_cast<uint8_t>((byte >> (2 * j)) & 3u);
     }
     if constexpr (BITS == 3) {
-      const uint32_t h = p32[2];
+      const uint32_t h = p32[block % 2 == 0 ? 2 : 0];
 #pragma unroll
-      for (int k = 0; k < 32; ++k)
-        c[k] |= static_cast<uint8_t>(((h >> (8 * (k % 4) + k / 4)) & 1u) << 2);
+      for (int k = 0; k < 32; ++k) c[k] |= static_cast<uint8_t>(((h >> k) & 1u) << 2);
     }
   }
 }
 
-__device__ __forceinline__ void UnpackBlockRt(int bits, const uint8_t* p, uint8_t (&c)[32]) {
-  if (bits == 4) UnpackBlock<4>(p, c);
-  else if (bits == 3) UnpackBlock<3>(p, c);
-  else UnpackBlock<2>(p, c);
+__device__ __forceinline__ void UnpackBlockRt(int bits, const uint8_t* p, uint8_t (&c)[32], int block) {
+  if (bits == 4) UnpackBlock<4>(p, c, block);
+  else if (bits == 3) UnpackBlock<3>(p, c, block);
+  else UnpackBlock<2>(p, c, block);
 }
 
 // Code of (row, col) of a quantized matrix.
 __device__ __forceinline__ int QuantCode(const QuantDev& w, int row, int col) {
+  const int b = col / 32;
   const uint8_t* p = w.codes + static_cast<size_t>(row) * w.row_bytes +
-                     static_cast<size_t>(col / 32) * BlockBytes(w.bits);
+                     static_cast<size_t>(b) * BlockBytes(w.bits);
   const int k = col % 32;
   if (w.bits == 4) return k < 16 ? (p[k] & 15) : (p[k - 16] >> 4);
-  int c = (p[k % 8] >> (2 * (k / 8))) & 3;
-  if (w.bits == 3) c |= ((p[8 + k % 4] >> (k / 4)) & 1) << 2;
+  const bool odd3 = w.bits == 3 && b % 2 != 0;
+  int c = (p[(odd3 ? 4 : 0) + k % 8] >> (2 * (k / 8))) & 3;
+  if (w.bits == 3) c |= ((p[(odd3 ? 0 : 8) + k / 8] >> (k % 8)) & 1) << 2;
   return c;
 }
 
