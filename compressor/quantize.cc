@@ -85,7 +85,7 @@ absl::StatusOr<CompressedLinear> BuildSparseQuant(int m, int n, int bits, int gs
       }
     }
     for (int b = 0; b < kb; ++b)
-      PackQuantBlock(2, pos.data() + b * 32, meta.data() + (static_cast<size_t>(r) * kb + b) * 8, b);
+      PackQuantBlock(2, pos.data() + b * 32, meta.data() + (static_cast<size_t>(r) * kb + b) * 8, b, kb);
   }
   auto mat = Sparse24QuantMatrix::FromKept(n, kept, std::move(meta));
   if (!mat.ok()) return mat.status();

@@ -259,7 +259,7 @@ absl::StatusOr<std::shared_ptr<const Matrix>> LoadPackedFactor(const Safetensors
   std::memcpy(p.scale_f16.data(), s->data, s->byte_size);
   p.min_f16.resize(mn->n_elements);
   std::memcpy(p.min_f16.data(), mn->data, mn->byte_size);
-  if (packed_version == 1) UpgradePackedFromV1(&p);
+  UpgradePacked(&p, packed_version);
   auto m = QuantMatrix::FromPacked(std::move(p));
   if (!m.ok())
     return absl::InvalidArgumentError(absl::StrCat(where, ": ", m.status().message()));
@@ -521,7 +521,7 @@ absl::StatusOr<std::shared_ptr<const LowRankAdapter>> LoadAdapterDir(const std::
       }
     };
     ASSIGN_OR_RETURN(int version, get_int("packed_format_version"));
-    if (version != kPackedFormatVersion && version != 1)
+    if (version < 1 || version > kPackedFormatVersion)
       return absl::UnimplementedError(absl::StrCat(factors_path, ": packed_format_version ", version,
                                                    " is not supported (this build reads 1 to ",
                                                    kPackedFormatVersion, ")"));

@@ -259,7 +259,7 @@ struct Reader {
     std::memcpy(p.scale_f16.data(), s->data, s->byte_size);
     p.min_f16.resize(m->n_elements);
     std::memcpy(p.min_f16.data(), m->data, m->byte_size);
-    if (packed_version == 1) UpgradePackedFromV1(&p);
+    UpgradePacked(&p, packed_version);
     return p;
   }
 
@@ -444,7 +444,7 @@ absl::StatusOr<ModelWeights> LoadCompressedModel(const std::string& path,
                                                  " is not supported (this build reads ",
                                                  kCompressedModelVersion, ")"));
   ASSIGN_OR_RETURN(int packed_version, JsonField<int>(j, "packed_format_version", json_path));
-  if (packed_version != kPackedFormatVersion && packed_version != 1)
+  if (packed_version < 1 || packed_version > kPackedFormatVersion)
     return absl::UnimplementedError(absl::StrCat(json_path, ": packed_format_version ",
                                                  packed_version, " is not supported (this build "
                                                  "reads 1 to ", kPackedFormatVersion, ")"));

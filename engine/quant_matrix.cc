@@ -41,17 +41,17 @@ int QuantizedWeights::groups() const {
 }
 
 int QuantBlockBytes(int bits) { return cpu::QuantBlockBytes(bits); }
-void PackQuantBlock(int bits, const uint8_t* codes32, uint8_t* out, int block) {
-  cpu::PackBlock(bits, codes32, out, block);
+void PackQuantBlock(int bits, const uint8_t* codes32, uint8_t* out, int block, int row_blocks) {
+  cpu::PackBlock(bits, codes32, out, block, row_blocks);
 }
-void UnpackQuantBlock(int bits, const uint8_t* in, uint8_t* codes32, int block) {
-  cpu::UnpackBlock(bits, in, codes32, block);
+void UnpackQuantBlock(int bits, const uint8_t* in, uint8_t* codes32, int block, int row_blocks) {
+  cpu::UnpackBlock(bits, in, codes32, block, row_blocks);
 }
-void UpgradePackedFromV1(PackedQuant* p) {
-  if (p->spec.bits != 3) return;  // 2- and 4-bit blocks did not change
+void UpgradePacked(PackedQuant* p, int from_version) {
+  if (p->spec.bits != 3 || from_version >= kPackedFormatVersion) return;  // 2- and 4-bit blocks never changed
   const int blocks = (p->cols + 31) / 32;
   if (p->packed.size() != static_cast<size_t>(p->rows) * blocks * 12) return;  // FromPacked reports it
-  cpu::UpgradeQ3RowsFromV1(p->packed.data(), static_cast<size_t>(p->rows), blocks);
+  cpu::UpgradeQ3Rows(p->packed.data(), static_cast<size_t>(p->rows), blocks, from_version);
 }
 
 absl::Status ValidateQuantSpec(int rows, int cols, const QuantSpec& spec) {
@@ -168,7 +168,7 @@ absl::StatusOr<std::unique_ptr<QuantMatrix>> QuantMatrix::Create(const Quantized
       const int k1 = std::min(w.cols, k0 + kQBlock);
       std::memset(codes, 0, sizeof(codes));
       std::memcpy(codes, src + k0, k1 - k0);
-      cpu::PackBlock(w.spec.bits, codes, p.packed.data() + (static_cast<size_t>(r) * blocks + b) * bb, b);
+      cpu::PackBlock(w.spec.bits, codes, p.packed.data() + (static_cast<size_t>(r) * blocks + b) * bb, b, blocks);
     }
   }
   return std::unique_ptr<QuantMatrix>(new QuantMatrix(std::move(p)));
@@ -281,7 +281,7 @@ void QuantMatrix::RowCodes(int r, uint8_t* out) const {
   const int bb = QuantBlockBytes(p_.spec.bits);
   const uint8_t* row = p_.packed.data() + static_cast<size_t>(r) * row_bytes_;
   for (int b = 0; b < blocks_; ++b) {
-    cpu::UnpackBlock(p_.spec.bits, row + static_cast<size_t>(b) * bb, codes, b);
+    cpu::UnpackBlock(p_.spec.bits, row + static_cast<size_t>(b) * bb, codes, b, blocks_);
     const int k0 = b * kQBlock;
     const int k1 = std::min(cols(), k0 + kQBlock);
     std::memcpy(out + k0, codes, k1 - k0);

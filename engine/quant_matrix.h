@@ -17,17 +17,20 @@
 
 namespace eora {
 
-// Version of the packed layouts below (docs/formats.md). Version 2 changed only
-// the 3-bit blocks (high-bit order, and the plane order of odd blocks); files of
-// version 1 are still read (UpgradePackedFromV1).
-inline constexpr int kPackedFormatVersion = 2;
+// Version of the packed layouts below (docs/formats.md). Versions 2 and 3 changed
+// only the 3-bit blocks (2: high-bit order and the plane order of odd blocks; 3:
+// the two blocks of a pair share interleaved planes); files of versions 1 and 2
+// are still read (UpgradePacked).
+inline constexpr int kPackedFormatVersion = 3;
 
 // Bytes of one packed block of 32 codes: 16 (4-bit), 12 (3-bit), 8 (2-bit).
 int QuantBlockBytes(int bits);
 // Packs 32 codes (each < 2^bits) into QuantBlockBytes(bits) bytes, and back;
-// `block` is the block's index in its row (3-bit blocks depend on its parity).
-void PackQuantBlock(int bits, const uint8_t* codes32, uint8_t* out, int block);
-void UnpackQuantBlock(int bits, const uint8_t* in, uint8_t* codes32, int block);
+// `block` is the block's index in a row of `row_blocks` blocks, and out/in point
+// at the block's own bytes. 3-bit blocks 2j and 2j + 1 share their bytes (an odd
+// block reads and writes the 12 bytes before it too); pack both.
+void PackQuantBlock(int bits, const uint8_t* codes32, uint8_t* out, int block, int row_blocks);
+void UnpackQuantBlock(int bits, const uint8_t* in, uint8_t* codes32, int block, int row_blocks);
 
 // Validates a QuantSpec and a shape (bits in {2,3,4}, group_size >= 0 and a
 // multiple of 32, rows, cols >= 1).
@@ -48,9 +51,9 @@ struct PackedQuant {
   std::vector<uint16_t> min_f16;
 };
 
-// Rewrites packed storage read from a version 1 file into the current layout
-// (a no-op unless the codes are 3-bit).
-void UpgradePackedFromV1(PackedQuant* p);
+// Rewrites packed storage read from a file of format version `from_version` into
+// the current layout (a no-op unless the codes are 3-bit and the version older).
+void UpgradePacked(PackedQuant* p, int from_version);
 
 // MatrixFormat::kQuant.
 class QuantMatrix final : public Matrix {

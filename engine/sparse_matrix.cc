@@ -65,7 +65,7 @@ absl::Status Sparse24Compress(int rows, int cols, const float* w, std::vector<fl
       }
     }
     uint8_t* mr = meta->data() + static_cast<size_t>(r) * kb * 8;
-    for (int b = 0; b < kb; ++b) cpu::PackBlock(2, pos.data() + b * 32, mr + b * 8, b);
+    for (int b = 0; b < kb; ++b) cpu::PackPlane2(pos.data() + b * 32, mr + b * 8);
   }
   return absl::OkStatus();
 }
@@ -79,7 +79,7 @@ absl::Status ValidateSparse24Meta(int rows, int cols, const std::vector<uint8_t>
                                                    static_cast<size_t>(rows) * kb * 8));
   uint8_t pos[32];
   for (size_t b = 0; b < meta.size() / 8; ++b) {
-    cpu::UnpackBlock(2, meta.data() + b * 8, pos, b);
+    cpu::UnpackPlane2(meta.data() + b * 8, pos);
     for (int i = 0; i < 32; i += 2) {
       if (pos[i] >= pos[i + 1])
         return absl::InvalidArgumentError(
@@ -135,7 +135,7 @@ void Sparse24Matrix::DequantizeRow(int r, float* out) const {
   const uint16_t* v = values_.data() + static_cast<size_t>(r) * kept_blocks_ * 32;
   const uint8_t* m = meta_.data() + static_cast<size_t>(r) * kept_blocks_ * 8;
   for (int b = 0; b < kept_blocks_; ++b) {
-    cpu::UnpackBlock(2, m + b * 8, pos, b);
+    cpu::UnpackPlane2(m + b * 8, pos);
     for (int i = 0; i < 32; ++i) {
       const int c = SlotColumn(b * 32 + i, pos[i]);
       if (c < cols()) out[c] = F16ToF32(v[b * 32 + i]);
@@ -211,7 +211,7 @@ void Sparse24QuantMatrix::DequantizeRow(int r, float* out) const {
   uint8_t pos[32];
   const uint8_t* m = meta_.data() + static_cast<size_t>(r) * kept_blocks() * 8;
   for (int b = 0; b < kept_blocks(); ++b) {
-    cpu::UnpackBlock(2, m + b * 8, pos, b);
+    cpu::UnpackPlane2(m + b * 8, pos);
     for (int i = 0; i < 32; ++i) {
       const int c = SlotColumn(b * 32 + i, pos[i]);
       if (c < cols()) out[c] = kv[b * 32 + i];

@@ -274,38 +274,32 @@ TEST(AdapterIo, QuantizedFactorsAreServedPacked) {
     ASSERT_TRUE(again.ok()) << again.status();
     ExpectSameFactors(*adapter, **again);
     if (bits != 3) continue;
-    // The same file as packed format version 1 wrote it (3-bit blocks [L][H], code
-    // k's high bit at bit 8 * (k % 4) + k / 4 of H) loads with the same factors.
+    // The same file as packed format versions 1 and 2 wrote it (earlier 3-bit
+    // block layouts, docs/formats.md) loads with the same factors.
     const std::string packed_path = dir + "/eora_factors.safetensors";
-    std::string st = ReadFileOrDie(packed_path);
-    uint64_t header_len = 0;
-    std::memcpy(&header_len, st.data(), 8);
-    const json header = json::parse(st.substr(8, header_len));
-    for (const auto& [name, t] : header.items()) {
-      if (name.size() < 8 || name.substr(name.size() - 8) != ".qweight") continue;
-      const size_t begin = 8 + header_len + t["data_offsets"][0].get<size_t>();
-      const size_t rows = t["shape"][0], row_bytes = t["shape"][1];
-      for (size_t r = 0; r < rows; ++r)
-        for (size_t b = 0; b < row_bytes / 12; ++b) {
-          char* q3 = st.data() + begin + r * row_bytes + b * 12;
-          char lo[8];
-          uint32_t h = 0, h1 = 0;
-          std::memcpy(lo, q3 + (b % 2 == 0 ? 0 : 4), 8);
-          std::memcpy(&h, q3 + (b % 2 == 0 ? 8 : 0), 4);
-          for (int k = 0; k < 32; ++k) h1 |= ((h >> k) & 1u) << (8 * (k % 4) + k / 4);
-          std::memcpy(q3, lo, 8);
-          std::memcpy(q3 + 8, &h1, 4);
-        }
+    const std::string current = ReadFileOrDie(packed_path);
+    for (int version : {1, 2}) {
+      SCOPED_TRACE(version);
+      std::string st = current;
+      uint64_t header_len = 0;
+      std::memcpy(&header_len, st.data(), 8);
+      const json header = json::parse(st.substr(8, header_len));
+      for (const auto& [name, t] : header.items()) {
+        if (name.size() < 8 || name.substr(name.size() - 8) != ".qweight") continue;
+        const size_t begin = 8 + header_len + t["data_offsets"][0].get<size_t>();
+        testing::RewriteQ3RowsAsVersion(version, st.data() + begin, t["shape"][0], t["shape"][1]);
+      }
+      EXPECT_NE(st, current);
+      const size_t key = st.find("\"packed_format_version\"");
+      ASSERT_NE(key, std::string::npos);
+      const size_t val = st.find("\"" + std::to_string(kPackedFormatVersion) + "\"", key);
+      ASSERT_LT(val, 8 + header_len);
+      st[val + 1] = static_cast<char>('0' + version);
+      WriteFileOrDie(packed_path, st);
+      auto old = LoadAdapterDir(dir, c, "q");
+      ASSERT_TRUE(old.ok()) << old.status();
+      ExpectSameFactors(*adapter, **old);
     }
-    const size_t key = st.find("\"packed_format_version\"");
-    ASSERT_NE(key, std::string::npos);
-    const size_t val = st.find("\"2\"", key);
-    ASSERT_LT(val, 8 + header_len);
-    st[val + 1] = '1';
-    WriteFileOrDie(packed_path, st);
-    auto v1 = LoadAdapterDir(dir, c, "q");
-    ASSERT_TRUE(v1.ok()) << v1.status();
-    ExpectSameFactors(*adapter, **v1);
   }
 }
 

@@ -120,10 +120,10 @@ TEST(CompressedModel, EveryFormatRoundTripsWithIdenticalLogits) {
   EXPECT_FALSE(IsCompressedModelDir(testing::Stories260kPath()));
 }
 
-// A directory written before packed format version 2 (3-bit blocks as [L][H],
-// code k's high bit at bit 8 * (k % 4) + k / 4 of H) still loads, with the same
-// codes: its 3-bit blocks are rewritten on load.
-TEST(CompressedModel, ReadsPackedFormatVersion1) {
+// Directories written by packed format versions 1 and 2 (earlier 3-bit block
+// layouts, docs/formats.md) still load, with the same codes: their 3-bit blocks
+// are rewritten on load.
+TEST(CompressedModel, ReadsEarlierPackedFormatVersions) {
   auto base = Stories();
   auto w3 = std::make_shared<ModelWeights>(*base);
   const WeightStorage q3{3, 64, false}, spq3{3, 32, true};
@@ -135,63 +135,56 @@ TEST(CompressedModel, ReadsPackedFormatVersion1) {
       ASSERT_TRUE(mm.ok()) << mm.status();
       w3->layers[l].linear[m] = std::move(*mm);
     }
-  const std::string dir = MakeTempDir("cm") + "/v1";
-  ASSERT_TRUE(WriteCompressedModel(dir, *w3, {}).ok());
-
-  // Rewrite the directory as version 1.
-  const std::string json_path = dir + "/eora_model.json";
-  json j = json::parse(ReadFileOrDie(json_path));
-  ASSERT_EQ(j["packed_format_version"], 2);
-  std::string st;
-  std::string weights_path;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().extension() == ".safetensors") weights_path = e.path().string();
-  ASSERT_FALSE(weights_path.empty());
-  st = ReadFileOrDie(weights_path);
-  uint64_t header_len = 0;
-  std::memcpy(&header_len, st.data(), 8);
-  const json header = json::parse(st.substr(8, header_len));
-  int rewritten = 0;
-  for (const auto& [name, entry] : j["tensors"].items()) {
-    if (!entry.contains("bits") || entry["bits"] != 3) continue;
-    const json& t = header.at(name + ".qweight");
-    const size_t begin = 8 + header_len + t["data_offsets"][0].get<size_t>();
-    const size_t rows = t["shape"][0], row_bytes = t["shape"][1];
-    const size_t blocks = row_bytes / 12;
-    for (size_t r = 0; r < rows; ++r)
-      for (size_t b = 0; b < blocks; ++b) {
-        char* p = st.data() + begin + r * row_bytes + b * 12;
-        char lo[8];
-        uint32_t h = 0, h1 = 0;
-        std::memcpy(lo, p + (b % 2 == 0 ? 0 : 4), 8);
-        std::memcpy(&h, p + (b % 2 == 0 ? 8 : 0), 4);
-        for (int k = 0; k < 32; ++k) h1 |= ((h >> k) & 1u) << (8 * (k % 4) + k / 4);
-        std::memcpy(p, lo, 8);
-        std::memcpy(p + 8, &h1, 4);
-      }
-    ++rewritten;
-  }
-  EXPECT_EQ(rewritten, w3->config.n_layers * kNumModules);
-  WriteFileOrDie(weights_path, st);
-  j["packed_format_version"] = 1;
-  WriteFileOrDie(json_path, j.dump(2));
-
-  auto loaded = LoadCompressedModel(dir, nullptr);
-  ASSERT_TRUE(loaded.ok()) << loaded.status();
-  auto lw = std::make_shared<ModelWeights>(std::move(*loaded));
-  for (int l = 0; l < w3->config.n_layers; ++l)
-    for (int m = 0; m < kNumModules; ++m)
-      EXPECT_EQ(lw->layers[l].linear[m]->Dequantize(), w3->layers[l].linear[m]->Dequantize())
-          << "layer " << l << " module " << m;
   const auto toks = base->tokenizer->Encode("Once upon a time", true);
-  EXPECT_EQ(AllLogits(lw, toks), AllLogits(w3, toks));
+  const auto want_logits = AllLogits(w3, toks);
+  for (int version : {1, 2}) {
+    SCOPED_TRACE(version);
+    const std::string dir = MakeTempDir("cm") + "/old";
+    ASSERT_TRUE(WriteCompressedModel(dir, *w3, {}).ok());
 
-  // A version this build does not know is refused, naming the file.
-  j["packed_format_version"] = 3;
-  WriteFileOrDie(json_path, j.dump(2));
-  auto bad = LoadCompressedModel(dir, nullptr);
-  EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnimplemented);
-  EXPECT_NE(bad.status().message().find("eora_model.json"), std::string::npos) << bad.status();
+    // Rewrite the directory as that version.
+    const std::string json_path = dir + "/eora_model.json";
+    json j = json::parse(ReadFileOrDie(json_path));
+    ASSERT_EQ(j["packed_format_version"], kPackedFormatVersion);
+    std::string weights_path;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().extension() == ".safetensors") weights_path = e.path().string();
+    ASSERT_FALSE(weights_path.empty());
+    std::string st = ReadFileOrDie(weights_path);
+    const std::string current = st;
+    uint64_t header_len = 0;
+    std::memcpy(&header_len, st.data(), 8);
+    const json header = json::parse(st.substr(8, header_len));
+    int rewritten = 0;
+    for (const auto& [name, entry] : j["tensors"].items()) {
+      if (!entry.contains("bits") || entry["bits"] != 3) continue;
+      const json& t = header.at(name + ".qweight");
+      const size_t begin = 8 + header_len + t["data_offsets"][0].get<size_t>();
+      testing::RewriteQ3RowsAsVersion(version, st.data() + begin, t["shape"][0], t["shape"][1]);
+      ++rewritten;
+    }
+    EXPECT_EQ(rewritten, w3->config.n_layers * kNumModules);
+    EXPECT_NE(st, current);
+    WriteFileOrDie(weights_path, st);
+    j["packed_format_version"] = version;
+    WriteFileOrDie(json_path, j.dump(2));
+
+    auto loaded = LoadCompressedModel(dir, nullptr);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    auto lw = std::make_shared<ModelWeights>(std::move(*loaded));
+    for (int l = 0; l < w3->config.n_layers; ++l)
+      for (int m = 0; m < kNumModules; ++m)
+        EXPECT_EQ(lw->layers[l].linear[m]->Dequantize(), w3->layers[l].linear[m]->Dequantize())
+            << "layer " << l << " module " << m;
+    EXPECT_EQ(AllLogits(lw, toks), want_logits);
+
+    // A version this build does not know is refused, naming the file.
+    j["packed_format_version"] = kPackedFormatVersion + 1;
+    WriteFileOrDie(json_path, j.dump(2));
+    auto bad = LoadCompressedModel(dir, nullptr);
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnimplemented);
+    EXPECT_NE(bad.status().message().find("eora_model.json"), std::string::npos) << bad.status();
+  }
 }
 
 TEST(CompressedModel, FloatModelAndHfTokenizer) {

@@ -421,84 +421,118 @@ TEST(MatrixTest, QuantDequantizeRowExactAndRoundTrip) {
 }
 
 TEST(MatrixTest, PackedBlockLayout) {
-  // The documented version-2 layouts (docs/formats.md), byte for byte.
-  uint8_t codes[32], out[16], back[32];
+  // The documented version-3 layouts (docs/formats.md), byte for byte.
+  uint8_t codes[32], out[24], back[32];
   for (int i = 0; i < 32; ++i) codes[i] = static_cast<uint8_t>(i % 16);
-  PackQuantBlock(4, codes, out, 0);
+  PackQuantBlock(4, codes, out, 0, 2);
   for (int i = 0; i < 16; ++i) EXPECT_EQ(out[i], (codes[i] & 15) | (codes[i + 16] << 4));
   for (int i = 0; i < 32; ++i) codes[i] = static_cast<uint8_t>((i * 7) % 4);
-  PackQuantBlock(2, codes, out, 1);
+  PackQuantBlock(2, codes, out, 1, 2);
   for (int i = 0; i < 8; ++i)
     EXPECT_EQ(out[i], codes[i] | codes[i + 8] << 2 | codes[i + 16] << 4 | codes[i + 24] << 6);
-  for (int i = 0; i < 32; ++i) codes[i] = static_cast<uint8_t>((i * 5 + 3) % 8);
-  // 3-bit: an even block is [low plane][high word], an odd one [high word][low plane].
-  for (int block : {0, 1, 6, 7}) {
-    SCOPED_TRACE(block);
-    PackQuantBlock(3, codes, out, block);
-    const int lo = block % 2 == 0 ? 0 : 4, hi = block % 2 == 0 ? 8 : 0;
-    for (int i = 0; i < 8; ++i)
-      EXPECT_EQ(out[lo + i], (codes[i] & 3) | (codes[i + 8] & 3) << 2 | (codes[i + 16] & 3) << 4 |
-                                 (codes[i + 24] & 3) << 6);
-    const uint32_t h = out[hi] | out[hi + 1] << 8 | out[hi + 2] << 16 |
-                       static_cast<uint32_t>(out[hi + 3]) << 24;
-    for (int k = 0; k < 32; ++k) EXPECT_EQ((h >> k) & 1, (codes[k] >> 2) & 1u) << k;
+  // 3-bit pair (blocks 2j, 2j + 1): [W0 8][W1 8][H 8]; pair code k (the odd
+  // block's codes are 32..63) has its low bits in byte k % 8 of word (k / 8) % 2
+  // at bit 2 * (k / 16), its high bit at bit k of H.
+  uint8_t pair_codes[64];
+  for (int k = 0; k < 64; ++k) pair_codes[k] = static_cast<uint8_t>((k * 5 + 3) % 8);
+  for (int j : {0, 3}) {
+    SCOPED_TRACE(j);
+    uint8_t pair[24];
+    std::memset(pair, 0xA5, sizeof(pair));  // packing must not depend on what was there
+    PackQuantBlock(3, pair_codes + 32, pair + 12, 2 * j + 1, 2 * j + 2);  // either order
+    PackQuantBlock(3, pair_codes, pair, 2 * j, 2 * j + 2);
+    for (int w = 0; w < 2; ++w) {
+      for (int i = 0; i < 8; ++i) {
+        int want = 0;
+        for (int q = 0; q < 4; ++q) want |= (pair_codes[8 * (2 * q + w) + i] & 3) << (2 * q);
+        EXPECT_EQ(pair[8 * w + i], want) << w << " " << i;
+      }
+    }
+    uint64_t h = 0;
+    std::memcpy(&h, pair + 16, 8);
+    for (int k = 0; k < 64; ++k) EXPECT_EQ((h >> k) & 1, (pair_codes[k] >> 2) & 1u) << k;
+    for (int half = 0; half < 2; ++half) {
+      UnpackQuantBlock(3, pair + 12 * half, back, 2 * j + half, 2 * j + 2);
+      EXPECT_EQ(std::memcmp(pair_codes + 32 * half, back, 32), 0) << half;
+    }
   }
-  for (int bits : {2, 3, 4}) {
+  // A row's last block, when the count is odd, is alone: [low plane 8][high word 4].
+  for (int i = 0; i < 32; ++i) codes[i] = static_cast<uint8_t>((i * 5 + 3) % 8);
+  PackQuantBlock(3, codes, out, 4, 5);
+  for (int i = 0; i < 8; ++i)
+    EXPECT_EQ(out[i], (codes[i] & 3) | (codes[i + 8] & 3) << 2 | (codes[i + 16] & 3) << 4 | (codes[i + 24] & 3) << 6);
+  const uint32_t h = out[8] | out[9] << 8 | out[10] << 16 | static_cast<uint32_t>(out[11]) << 24;
+  for (int k = 0; k < 32; ++k) EXPECT_EQ((h >> k) & 1, (codes[k] >> 2) & 1u) << k;
+  UnpackQuantBlock(3, out, back, 4, 5);
+  EXPECT_EQ(std::memcmp(codes, back, 32), 0);
+  for (int bits : {2, 4}) {
     for (int block : {0, 1}) {
       for (int i = 0; i < 32; ++i) codes[i] = static_cast<uint8_t>((i * 11 + bits) % (1 << bits));
-      PackQuantBlock(bits, codes, out, block);
-      UnpackQuantBlock(bits, out, back, block);
+      PackQuantBlock(bits, codes, out, block, 2);
+      UnpackQuantBlock(bits, out, back, block, 2);
       EXPECT_EQ(std::memcmp(codes, back, 32), 0) << bits << " " << block;
     }
   }
 }
 
-// Packed storage read from a version 1 file: 3-bit blocks were [low plane][high
-// word] with code k's high bit at bit 8 * (k % 4) + k / 4. UpgradePackedFromV1
-// rewrites them so that the matrix has the same codes; other widths are kept.
-TEST(MatrixTest, UpgradesVersion1ThreeBitBlocks) {
+// Packed storage read from a file of an earlier format version: 3-bit blocks were
+// [low plane][high word] with code k's high bit at bit 8 * (k % 4) + k / 4 in
+// version 1; even blocks [low plane][high word], odd ones [high word][low plane],
+// bit k = code k's, in version 2. UpgradePacked rewrites them so that the matrix
+// has the same codes; other widths never changed. The old layouts are written
+// here from their definitions, not with engine code.
+TEST(MatrixTest, UpgradesEarlierThreeBitLayouts) {
   std::mt19937 rng(5);
-  for (int bits : {2, 3, 4}) {
-    SCOPED_TRACE(bits);
-    const int rows = 3, cols = 100, blocks = 4;  // an odd last block has 4 codes
-    QuantizedWeights w;
-    w.rows = rows;
-    w.cols = cols;
-    w.spec.bits = bits;
-    w.spec.group_size = 64;
-    w.codes.resize(static_cast<size_t>(rows) * cols);
-    for (auto& c : w.codes) c = static_cast<uint8_t>(rng() % (1u << bits));
-    const int groups = 2;
-    w.scale.assign(static_cast<size_t>(rows) * groups, 0.5f);
-    w.min.assign(static_cast<size_t>(rows) * groups, -1.f);
-    auto m = QuantMatrix::Create(w);
-    ASSERT_TRUE(m.ok()) << m.status();
-    // The same codes written in the version 1 layout.
-    PackedQuant v1 = (*m)->packed();
-    const int bb = QuantBlockBytes(bits);
-    for (int r = 0; r < rows; ++r) {
-      for (int b = 0; b < blocks; ++b) {
-        uint8_t c[32] = {};
-        for (int k = 0; k < 32 && b * 32 + k < cols; ++k) c[k] = w.codes[static_cast<size_t>(r) * cols + b * 32 + k];
-        uint8_t* p = v1.packed.data() + (static_cast<size_t>(r) * blocks + b) * bb;
-        PackQuantBlock(bits, c, p, 0);  // an even block's layout
+  for (int version : {1, 2}) {
+    for (int bits : {2, 3, 4}) {
+      for (int cols : {100, 140}) {  // 4 and 5 blocks; the last block is partial
+        SCOPED_TRACE(testing::Message() << "v" << version << " bits " << bits << " cols " << cols);
+        const int rows = 3, blocks = (cols + 31) / 32;
+        QuantizedWeights w;
+        w.rows = rows;
+        w.cols = cols;
+        w.spec.bits = bits;
+        w.spec.group_size = 64;
+        w.codes.resize(static_cast<size_t>(rows) * cols);
+        for (auto& c : w.codes) c = static_cast<uint8_t>(rng() % (1u << bits));
+        const int groups = (blocks + 1) / 2;
+        w.scale.assign(static_cast<size_t>(rows) * groups, 0.5f);
+        w.min.assign(static_cast<size_t>(rows) * groups, -1.f);
+        auto m = QuantMatrix::Create(w);
+        ASSERT_TRUE(m.ok()) << m.status();
+        PackedQuant old = (*m)->packed();
         if (bits == 3) {
-          uint32_t h = 0;
-          for (int k = 0; k < 32; ++k) h |= static_cast<uint32_t>((c[k] >> 2) & 1) << (8 * (k % 4) + k / 4);
-          std::memcpy(p + 8, &h, 4);
+          const int bb = QuantBlockBytes(bits);
+          for (int r = 0; r < rows; ++r) {
+            for (int b = 0; b < blocks; ++b) {
+              uint8_t c[32] = {};
+              for (int k = 0; k < 32 && b * 32 + k < cols; ++k)
+                c[k] = w.codes[static_cast<size_t>(r) * cols + b * 32 + k];
+              uint8_t* p = old.packed.data() + (static_cast<size_t>(r) * blocks + b) * bb;
+              const bool odd2 = version == 2 && b % 2 == 1;
+              uint32_t h = 0;
+              for (int k = 0; k < 32; ++k)
+                h |= static_cast<uint32_t>((c[k] >> 2) & 1) << (version == 1 ? 8 * (k % 4) + k / 4 : k);
+              for (int i = 0; i < 8; ++i)
+                p[(odd2 ? 4 : 0) + i] = static_cast<uint8_t>((c[i] & 3) | (c[i + 8] & 3) << 2 |
+                                                             (c[i + 16] & 3) << 4 | (c[i + 24] & 3) << 6);
+              std::memcpy(p + (odd2 ? 0 : 8), &h, 4);
+            }
+          }
+          EXPECT_NE(old.packed, (*m)->packed().packed);
+        }
+        UpgradePacked(&old, version);
+        EXPECT_EQ(old.packed.size(), (*m)->packed().packed.size());
+        EXPECT_TRUE(std::equal(old.packed.begin(), old.packed.end(), (*m)->packed().packed.begin()));
+        auto up = QuantMatrix::FromPacked(std::move(old));
+        ASSERT_TRUE(up.ok()) << up.status();
+        std::vector<uint8_t> a(cols), b(cols);
+        for (int r = 0; r < rows; ++r) {
+          (*m)->RowCodes(r, a.data());
+          (*up)->RowCodes(r, b.data());
+          EXPECT_EQ(a, b);
         }
       }
-    }
-    UpgradePackedFromV1(&v1);
-    EXPECT_EQ(v1.packed.size(), (*m)->packed().packed.size());
-    EXPECT_TRUE(std::equal(v1.packed.begin(), v1.packed.end(), (*m)->packed().packed.begin()));
-    auto up = QuantMatrix::FromPacked(std::move(v1));
-    ASSERT_TRUE(up.ok()) << up.status();
-    std::vector<uint8_t> a(cols), b(cols);
-    for (int r = 0; r < rows; ++r) {
-      (*m)->RowCodes(r, a.data());
-      (*up)->RowCodes(r, b.data());
-      EXPECT_EQ(a, b);
     }
   }
 }

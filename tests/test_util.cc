@@ -1,10 +1,15 @@
 #include "tests/test_util.h"
 
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <vector>
+
+#include "engine/quant_matrix.h"
 
 namespace eora::testing {
 
@@ -37,6 +42,30 @@ void WriteFileOrDie(const std::string& path, const std::string& data) {
   std::ofstream out(path, std::ios::binary);
   out << data;
   if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+void RewriteQ3RowsAsVersion(int version, char* data, size_t rows, size_t row_bytes) {
+  const int blocks = static_cast<int>(row_bytes / 12);
+  std::vector<uint8_t> codes(32 * static_cast<size_t>(blocks));
+  for (size_t r = 0; r < rows; ++r) {
+    uint8_t* row = reinterpret_cast<uint8_t*>(data + r * row_bytes);
+    for (int b = 0; b < blocks; ++b) UnpackQuantBlock(3, row + 12 * b, codes.data() + 32 * b, b, blocks);
+    for (int b = 0; b < blocks; ++b) {
+      // Both versions: a 2-bit low plane L (byte i, bits 2j..2j+1 = code i + 8j)
+      // and a 32-bit high word H. Version 1: [L][H], code k's high bit at
+      // 8 * (k % 4) + k / 4. Version 2: even blocks [L][H], odd [H][L], bit k.
+      const uint8_t* c = codes.data() + 32 * b;
+      uint8_t* p = row + 12 * b;
+      const bool odd2 = version == 2 && b % 2 == 1;
+      uint32_t h = 0;
+      for (int k = 0; k < 32; ++k)
+        h |= static_cast<uint32_t>((c[k] >> 2) & 1) << (version == 1 ? 8 * (k % 4) + k / 4 : k);
+      for (int i = 0; i < 8; ++i)
+        p[(odd2 ? 4 : 0) + i] =
+            static_cast<uint8_t>((c[i] & 3) | (c[i + 8] & 3) << 2 | (c[i + 16] & 3) << 4 | (c[i + 24] & 3) << 6);
+      std::memcpy(p + (odd2 ? 0 : 8), &h, 4);
+    }
+  }
 }
 
 }  // namespace eora::testing

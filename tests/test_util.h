@@ -1,6 +1,7 @@
 // Shared helpers for tests: locating bundled and shared data.
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 namespace eora::testing {
@@ -15,5 +16,10 @@ std::string SharedDataPath(const std::string& rel);
 std::string MakeTempDir(const std::string& prefix);
 std::string ReadFileOrDie(const std::string& path);
 void WriteFileOrDie(const std::string& path, const std::string& data);
+
+// Rewrites `rows` rows of current-layout 3-bit blocks (row_bytes = 12 * blocks)
+// in place into the layout of packed format version 1 or 2 (docs/formats.md), as
+// files written by those versions hold them; for loader tests.
+void RewriteQ3RowsAsVersion(int version, char* data, size_t rows, size_t row_bytes);
 
 }  // namespace eora::testing

@@ -86,27 +86,27 @@ inline __m512i UnpackPair(const uint8_t* p) {
     const __m512i m = _mm512_setr_epi64(NibbleMatrix(0), NibbleMatrix(0), NibbleMatrix(1), NibbleMatrix(1),
                                         NibbleMatrix(0), NibbleMatrix(0), NibbleMatrix(1), NibbleMatrix(1));
     return _mm512_gf2p8affine_epi64_epi8(d, m, 0);
-  } else {
-    // Low planes: 64-bit lane j of a block holds codes 8j..8j+7 at bits 2j..2j+1.
-    // 3-bit pairs are [L_A][H_A][H_B][L_B] (docs/formats.md), 2-bit ones [L_A][L_B].
-    constexpr int kOffB = kBits == 3 ? 16 : 8;
+  } else if constexpr (kBits == 2) {
+    // Pairs are [L_A][L_B]; 64-bit lane j of a block holds codes 8j..8j+7 at bits 2j..2j+1.
     const __m512i a = _mm512_set1_epi64(static_cast<long long>(Load64(p)));
-    const __m512i l = _mm512_mask_set1_epi64(a, 0xF0, static_cast<long long>(Load64(p + kOffB)));
+    const __m512i l = _mm512_mask_set1_epi64(a, 0xF0, static_cast<long long>(Load64(p + 8)));
     const __m512i m = _mm512_setr_epi64(Plane2Matrix(0), Plane2Matrix(1), Plane2Matrix(2), Plane2Matrix(3),
                                         Plane2Matrix(0), Plane2Matrix(1), Plane2Matrix(2), Plane2Matrix(3));
+    return _mm512_gf2p8affine_epi64_epi8(l, m, 0);
+  } else {
+    // 3-bit pairs are [W0][W1][H]: one broadcast of [W0 W1] gives 64-bit lane j
+    // word j % 2, which holds codes 8j..8j+7 at bits 2 * (j / 2)..+1 of its bytes
+    // (no shuffle); H is the mask of the codes' bit 2 (quant_pack.h).
+    const __m512i l = _mm512_broadcast_i64x2(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m512i m = _mm512_setr_epi64(Plane2Matrix(0), Plane2Matrix(0), Plane2Matrix(1), Plane2Matrix(1),
+                                        Plane2Matrix(2), Plane2Matrix(2), Plane2Matrix(3), Plane2Matrix(3));
     const __m512i lo = _mm512_gf2p8affine_epi64_epi8(l, m, 0);
-    if constexpr (kBits == 2) {
-      return lo;
-    } else {
-      // The pair's two high words are one 64-bit mask: bit k = code k's bit 2.
-      const __mmask64 h = _cvtu64_mask64(Load64(p + 8));
-      return _mm512_mask_add_epi8(lo, h, lo, _mm512_set1_epi8(0x04));
-    }
+    const __mmask64 h = _cvtu64_mask64(Load64(p + 16));
+    return _mm512_mask_add_epi8(lo, h, lo, _mm512_set1_epi8(0x04));
   }
 }
 
-// One block with an even index in its row (a row with an odd number of blocks
-// ends with one), 32 codes.
+// The last block of a row with an odd number of blocks (no pair), 32 codes.
 template <int kBits>
 inline __m256i UnpackOne(const uint8_t* p) {
   if constexpr (kBits == 4) {
@@ -118,7 +118,7 @@ inline __m256i UnpackOne(const uint8_t* p) {
     if constexpr (kBits == 2) {
       return lo;
     } else {
-      // An even block: [L][H], bit k of H = code k's bit 2.
+      // A block alone (a row's last, odd count): [L][H], bit k of H = code k's bit 2.
       return _mm256_mask_add_epi8(lo, _cvtu32_mask32(Load32(p + 8)), lo, _mm256_set1_epi8(0x04));
     }
   }

@@ -37,13 +37,14 @@ inline float Hsum(__m256 a) { return _mm_cvtss_f32(Hsum4(a, a, a, a)); }
 
 inline float HalfToFloat(uint16_t h) { return _cvtsh_ss(h); }
 
-// Unpacks block `block` of a row (at p) into 32 bytes (code k in byte k).
-// Layouts: docs/formats.md (only 3-bit blocks depend on the block's parity).
+// Unpacks block `block` of a row of `nb` blocks (at p, the block's own bytes)
+// into 32 bytes (code k in byte k). Layouts: docs/formats.md (only 3-bit blocks
+// depend on the block's index: the two blocks of a pair share their bytes).
 template <int kBits>
-inline __m256i Unpack(const uint8_t* p, int block);
+inline __m256i Unpack(const uint8_t* p, int block, int nb);
 
 template <>
-inline __m256i Unpack<4>(const uint8_t* p, int) {
+inline __m256i Unpack<4>(const uint8_t* p, int, int) {
   // Both 128-bit halves get the 16 bytes; the high half is shifted right by 4.
   const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   const __m256i s = _mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4));
@@ -51,7 +52,7 @@ inline __m256i Unpack<4>(const uint8_t* p, int) {
 }
 
 template <>
-inline __m256i Unpack<2>(const uint8_t* p, int) {
+inline __m256i Unpack<2>(const uint8_t* p, int, int) {
   // 64-bit lane j holds codes 8j..8j+7: bits 2j..2j+1 of each byte.
   const __m256i v = _mm256_set1_epi64x(static_cast<long long>(Load64(p)));
   const __m256i s = _mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 2, 4, 6));
@@ -59,11 +60,25 @@ inline __m256i Unpack<2>(const uint8_t* p, int) {
 }
 
 template <>
-inline __m256i Unpack<3>(const uint8_t* p, int block) {
-  const __m256i lo = Unpack<2>(p + Q3LowOffset(block), 0);
+inline __m256i Unpack<3>(const uint8_t* p, int block, int nb) {
+  __m256i lo;
+  uint32_t hw;
+  if (Q3Alone(block, nb)) {
+    lo = Unpack<2>(p, 0, 0);
+    hw = Load32(p + 8);
+  } else {
+    // Half h of a pair [W0][W1][H]: 64-bit lane j of [W0 W1 W0 W1] holds codes
+    // 8j..8j+7 at bit 4h + 2 * (j / 2) of each byte.
+    const int h = block % 2;
+    const uint8_t* pair = p - 12 * h;
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pair)));
+    const __m256i s = _mm256_add_epi64(_mm256_setr_epi64x(0, 0, 2, 2), _mm256_set1_epi64x(4 * h));
+    lo = _mm256_and_si256(_mm256_srlv_epi64(v, s), _mm256_set1_epi8(0x03));
+    hw = Load32(pair + 16 + 4 * h);
+  }
   // High word: bit k is code k's bit 2. Byte k gets byte k / 8 of the word, then
   // its own bit k % 8 is tested.
-  const __m256i h = _mm256_set1_epi32(static_cast<int>(Load32(p + Q3HighOffset(block))));
+  const __m256i h = _mm256_set1_epi32(static_cast<int>(hw));
   const __m256i spread = _mm256_shuffle_epi8(
       h, _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
                           3, 3, 3, 3, 3, 3));
@@ -479,11 +494,11 @@ void QuantTile(const QuantView& w, const QActView& x, float* y, int ldy, int r, 
       // the activation blocks are re-loaded from L1 for each row.
       for (; b + kRL <= cn; b += kRL) {
         EORA_UNROLL for (int i = 0; i < kR; ++i) {
-          __m256i p16 = _mm256_maddubs_epi16(Unpack<kBits>(wp[i] + b * kBB, b),
+          __m256i p16 = _mm256_maddubs_epi16(Unpack<kBits>(wp[i] + b * kBB, c0 + b, nb),
                                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[0] + 32 * b)));
           EORA_UNROLL for (int u = 1; u < kRL; ++u) {
             const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[0] + 32 * (b + u)));
-            p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(Unpack<kBits>(wp[i] + (b + u) * kBB, b + u), qv));
+            p16 = _mm256_add_epi16(p16, _mm256_maddubs_epi16(Unpack<kBits>(wp[i] + (b + u) * kBB, c0 + b + u, nb), qv));
           }
           const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
           acc[i][0] = _mm256_fmadd_ps(dot, _mm256_broadcast_ss(&sc[i][b]), acc[i][0]);
@@ -494,7 +509,7 @@ void QuantTile(const QuantView& w, const QActView& x, float* y, int ldy, int r, 
       for (; b + kRL <= cn; b += kRL) {
         EORA_UNROLL for (int i = 0; i < kR; ++i) {
           __m256i wv[kRL];
-          EORA_UNROLL for (int u = 0; u < kRL; ++u) wv[u] = Unpack<kBits>(wp[i] + (b + u) * kBB, b + u);
+          EORA_UNROLL for (int u = 0; u < kRL; ++u) wv[u] = Unpack<kBits>(wp[i] + (b + u) * kBB, c0 + b + u, nb);
           EORA_UNROLL for (int j = 0; j < kT; ++j) {
             __m256i p16 = _mm256_maddubs_epi16(wv[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[j] + 32 * b)));
             EORA_UNROLL for (int u = 1; u < kRL; ++u) {
@@ -509,7 +524,7 @@ void QuantTile(const QuantView& w, const QActView& x, float* y, int ldy, int r, 
     }
     for (; b < cn; ++b) {
       __m256i wv[kR];
-      EORA_UNROLL for (int i = 0; i < kR; ++i) wv[i] = Unpack<kBits>(wp[i] + b * kBB, b);
+      EORA_UNROLL for (int i = 0; i < kR; ++i) wv[i] = Unpack<kBits>(wp[i] + b * kBB, c0 + b, nb);
       EORA_UNROLL for (int j = 0; j < kT; ++j) {
         const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[j] + 32 * b));
         EORA_UNROLL for (int i = 0; i < kR; ++i) {
@@ -588,11 +603,11 @@ constexpr int kSpan = 4;
 constexpr int kRowBlock = 16;
 
 template <int kBits, int kT, int kG>
-inline void GemmSubRun(const uint8_t* wp, const int8_t* const* qp, int b, __m256 sbc, __m256* sacc,
+inline void GemmSubRun(const uint8_t* wp, const int8_t* const* qp, int b, int nb, __m256 sbc, __m256* sacc,
                        __m256i ones) {
   constexpr int kBB = QuantBlockBytes(kBits);
   __m256i wv[kG];
-  EORA_UNROLL for (int u = 0; u < kG; ++u) wv[u] = Unpack<kBits>(wp + (b + u) * kBB, b + u);
+  EORA_UNROLL for (int u = 0; u < kG; ++u) wv[u] = Unpack<kBits>(wp + (b + u) * kBB, b + u, nb);
   EORA_UNROLL for (int t = 0; t < kT; ++t) {
     __m256i p16 = _mm256_maddubs_epi16(wv[0], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qp[t] + 32 * b)));
     EORA_UNROLL for (int u = 1; u < kG; ++u)
@@ -626,13 +641,13 @@ inline __m128 GemmTile(const QuantView& w, const QActView& x, const uint8_t* wp,
       EORA_UNROLL for (int u = 0; u < kSpan / kG; ++u) {
         const int bb = s0 + u * kG;
         const __m256 sbc = _mm256_broadcast_ss(sf + bb);
-        GemmSubRun<kBits, kT, kG>(wp, qp, bb, sbc, sacc, ones);
+        GemmSubRun<kBits, kT, kG>(wp, qp, bb, nb, sbc, sacc, ones);
       }
       b = s1;
     }
     for (; b < s1; ++b) {  // partial last span: block by block
       const __m256 sbc = _mm256_broadcast_ss(sf + b);
-      GemmSubRun<kBits, kT, 1>(wp, qp, b, sbc, sacc, ones);
+      GemmSubRun<kBits, kT, 1>(wp, qp, b, nb, sbc, sacc, ones);
     }
     EORA_UNROLL for (int t = 0; t < kT; ++t)
       acc[t] = _mm256_fmadd_ps(sacc[t], _mm256_broadcast_ss(dp[t] + s0), acc[t]);
@@ -786,7 +801,7 @@ void QuantDequantRow(const QuantView& w, int r, float* out) {
     const __m256 s = _mm256_set1_ps(HalfToFloat(sc[g]));
     const __m256 m = _mm256_set1_ps(HalfToFloat(mn[g]));
     __m256 f[4];
-    CodesToFloat(Unpack<kBits>(row + static_cast<size_t>(b) * kBB, b), f);
+    CodesToFloat(Unpack<kBits>(row + static_cast<size_t>(b) * kBB, b, w.blocks), f);
     // mul then add (not fma): bit-exact with scale * code + min.
     EORA_UNROLL for (int i = 0; i < 4; ++i) f[i] = _mm256_add_ps(_mm256_mul_ps(f[i], s), m);
     const int k0 = b * 32;
@@ -813,7 +828,7 @@ void QuantAccTTile(const QuantView& w, const float* u, int ldu, int r, float* y,
     }
     for (int j = 0; j < r; ++j) {
       __m256 f[4];
-      CodesToFloat(Unpack<kBits>(w.codes + static_cast<size_t>(j) * w.row_bytes + static_cast<size_t>(b) * kBB, b), f);
+      CodesToFloat(Unpack<kBits>(w.codes + static_cast<size_t>(j) * w.row_bytes + static_cast<size_t>(b) * kBB, b, w.blocks), f);
       const float s = HalfToFloat(w.scale[static_cast<size_t>(j) * w.groups + g]);
       const float m = HalfToFloat(w.min[static_cast<size_t>(j) * w.groups + g]);
       EORA_UNROLL for (int t = 0; t < kT; ++t) {
@@ -879,7 +894,7 @@ void Sparse24Tile(const Sparse24View& w, int r, const float* x, int ldx, float* 
         xs[t] = p;
       }
     }
-    const __m256i pos = Unpack<2>(meta + 8 * b, b);
+    const __m256i pos = Unpack<2>(meta + 8 * b, b, 0);
     const __m128i plo = _mm256_castsi256_si128(pos);
     const __m128i phi = _mm256_extracti128_si256(pos, 1);
     const __m128i p8[4] = {plo, _mm_srli_si128(plo, 8), phi, _mm_srli_si128(phi, 8)};
@@ -967,10 +982,10 @@ void Sparse24QTile(const Sparse24QuantView& w, const SwizzledActs& sa, int kb, i
     const __m256 m = _mm256_set1_ps(HalfToFloat(mn[g]));
     const int b1 = Min(kb, (g + 1) * qv.bpg);
     for (int b = g * qv.bpg; b < b1; ++b) {
-      const __m256i idx = _mm256_add_epi8(Unpack<2>(meta + 8 * b, b), base);
+      const __m256i idx = _mm256_add_epi8(Unpack<2>(meta + 8 * b, b, 0), base);
       const __m256i ix = _mm256_or_si256(idx, zero_hi);
       const __m256i iy = _mm256_or_si256(idx, zero_lo);
-      const __m256i cv = Unpack<kBits>(codes + static_cast<size_t>(b) * kBB, b);
+      const __m256i cv = Unpack<kBits>(codes + static_cast<size_t>(b) * kBB, b, kb);
       EORA_UNROLL for (int t = 0; t < kT; ++t) {
         const size_t o = static_cast<size_t>(t0 + t) * kb + b;
         const uint8_t* xq = sa.q + o * 64;

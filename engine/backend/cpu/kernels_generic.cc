@@ -92,7 +92,7 @@ void QuantGemm(const QuantView& w, const QActView& x, float* y, int ldy, int r0,
         const int b1 = std::min(w.blocks, (g + 1) * w.bpg);
         float ga = 0.f;
         for (int b = g * w.bpg; b < b1; ++b) {
-          UnpackBlock(kBits, row + static_cast<size_t>(b) * QuantBlockBytes(kBits), codes, b);
+          UnpackBlock(kBits, row + static_cast<size_t>(b) * QuantBlockBytes(kBits), codes, b, w.blocks);
           int dot = 0;
           for (int i = 0; i < 32; ++i) dot += codes[i] * q[b * 32 + i];
           ga += d[b] * static_cast<float>(dot);
@@ -113,7 +113,7 @@ void DequantRange(const QuantView& w, int r, int c0, int c1, float* out) {
   const uint16_t* sc = w.scale + static_cast<size_t>(r) * w.groups;
   const uint16_t* mn = w.min + static_cast<size_t>(r) * w.groups;
   for (int b = c0 / 32; b * 32 < c1; ++b) {
-    UnpackBlock(kBits, row + static_cast<size_t>(b) * QuantBlockBytes(kBits), codes, b);
+    UnpackBlock(kBits, row + static_cast<size_t>(b) * QuantBlockBytes(kBits), codes, b, w.blocks);
     const int g = b / w.bpg;
     const float s = F16ToF32(sc[g]);
     const float m = F16ToF32(mn[g]);
@@ -156,7 +156,7 @@ void Sparse24Gemm(const Sparse24View& w, const float* x, int n, int ldx, float* 
       const float* xt = x + static_cast<size_t>(t) * ldx;
       float acc = 0.f;
       for (int kb = 0; kb < w.kept_blocks; ++kb) {
-        UnpackBlock(2, meta + kb * 8, pos, kb);
+        UnpackPlane2(meta + kb * 8, pos);
         for (int i = 0; i < 32; ++i) {
           const int c = KeptColumn(kb, i, pos);
           if (c < w.cols) acc += F16ToF32(v[kb * 32 + i]) * xt[c];
@@ -184,8 +184,8 @@ void Sparse24QGemm(const Sparse24QuantView& w, const QActView& x, float* y, int 
         const int b1 = std::min(qv.blocks, (g + 1) * qv.bpg);
         float ga = 0.f, gm = 0.f;
         for (int b = g * qv.bpg; b < b1; ++b) {
-          UnpackBlock(kBits, row + static_cast<size_t>(b) * QuantBlockBytes(kBits), codes, b);
-          UnpackBlock(2, meta + b * 8, pos, b);
+          UnpackBlock(kBits, row + static_cast<size_t>(b) * QuantBlockBytes(kBits), codes, b, qv.blocks);
+          UnpackPlane2(meta + b * 8, pos);
           // Kept values 0..15 lie in activation block 2b, 16..31 in block 2b+1.
           for (int h = 0; h < 2; ++h) {
             const int ab = 2 * b + h;

@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int bb = BlockBytes(q.bits);
     for (int b = lane; b < q.blocks; b += 32) {
       uint8_t c[32];
-      UnpackBlockRt(q.bits, row + static_cast<size_t>(b) * bb, c, b);
+      UnpackBlockRt(q.bits, row + static_cast<size_t>(b) * bb, c, b, q.blocks);
       const size_t gi = static_cast<size_t>(j) * q.groups + b / q.bpg;
       const int col0 = b * 32;
       const int valid = min(32, q.cols - col0);

@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(kThreads)
       if (r < w.rows) {
         uint8_t c[32];
         UnpackBlock<BITS>(w.codes + static_cast<size_t>(r) * w.row_bytes +
-                              static_cast<size_t>(b) * BB, c, b);
+                              static_cast<size_t>(b) * BB, c, b, w.blocks);
         const size_t gi = static_cast<size_t>(r) * w.groups + b / w.bpg;
         const float s = H2F(w.scale[gi]), m = H2F(w.min[gi]);
 #pragma unroll

@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int t = 0; t < NB; ++t) acc[t] = 0.f;
   for (int b = lane; b < w.blocks; b += 32) {
     uint8_t c[32];
-    UnpackBlock<BITS>(row + static_cast<size_t>(b) * BB, c, b);
+    UnpackBlock<BITS>(row + static_cast<size_t>(b) * BB, c, b, w.blocks);
     const int g = b / w.bpg;
     const float s = H2F(scale[g]), m = H2F(mins[g]);
     const int col0 = b * 32;

@@ -24,7 +24,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const uint8_t* meta = w.meta + static_cast<size_t>(r) * w.kept_blocks * 8;
   for (int b = lane; b < w.kept_blocks; b += 32) {
     uint8_t pos[32];
-    UnpackBlock<2>(meta + static_cast<size_t>(b) * 8, pos, b);
+    UnpackBlock<2>(meta + static_cast<size_t>(b) * 8, pos, b, 0);
     float val[32];
     float s = 1.f, m = 0.f;
     if constexpr (BITS == 0) {
@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     } else {
       uint8_t c[32];
       UnpackBlock<BITS>(w.q.codes + static_cast<size_t>(r) * w.q.row_bytes +
-                            static_cast<size_t>(b) * BlockBytes(BITS), c, b);
+                            static_cast<size_t>(b) * BlockBytes(BITS), c, b, w.q.blocks);
 #pragma unroll
       for (int i = 0; i < 32; ++i) val[i] = static_cast<float>(c[i]);
       const size_t gi = static_cast<size_t>(r) * w.q.groups + b / w.q.bpg;
