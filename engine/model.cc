@@ -362,7 +362,38 @@ __attribute__((always_inline)) inline void AttendVec16(const float* q, const flo
   // loop invariants (kept in registers for small head dims) and every block is
   // an independent chain.
   V16 mxv[kQ];
-  for (int h = 0; h < kQ; ++h) {
+  if constexpr (kG > 1 && kG * kHd <= 16) {
+    // Small heads: the kG query heads of a KV head together, so each key row is
+    // loaded once for all of them, with twice the independent chains; the same
+    // arithmetic per head as below (bit-identical scores). Two running maxima
+    // (even and odd blocks) halve the loop-carried max chain.
+    for (int hk = 0; hk < kH; ++hk) {
+      const size_t koff = off + static_cast<size_t>(hk) * kHs;
+      V16 qv[kG][kHd];
+      for (int g = 0; g < kG; ++g)
+        for (int d = 0; d < kHd; ++d) qv[g][d] = V16{} + q[(hk * kG + g) * kHd + d];
+      V16 m0[kG], m1[kG];
+      for (int g = 0; g < kG; ++g) m0[g] = m1[g] = ninf;
+      for (int blk = 0; blk < nblocks; ++blk) {
+        const float* kt = kb[blk] + koff;
+        V16 kr[kHd];
+        for (int d = 0; d < kHd; ++d) kr[d] = LoadV16(kt + static_cast<size_t>(d) * B);
+        for (int g = 0; g < kG; ++g) {
+          V16 s0 = V16{}, s1 = V16{};
+          for (int d = 0; d < kHd; d += 2) {
+            s0 += qv[g][d] * kr[d];
+            s1 += qv[g][d + 1] * kr[d + 1];
+          }
+          V16 v = (s0 + s1) * scale;
+          if (blk == nblocks - 1) v = live ? v : ninf;
+          if (blk % 2 == 0) m0[g] = m0[g] > v ? m0[g] : v;
+          else m1[g] = m1[g] > v ? m1[g] : v;
+          std::memcpy(scores + (hk * kG + g) * stride + blk * B, &v, sizeof(V16));
+        }
+      }
+      for (int g = 0; g < kG; ++g) mxv[hk * kG + g] = m0[g] > m1[g] ? m0[g] : m1[g];
+    }
+  } else for (int h = 0; h < kQ; ++h) {
     const float* qh = q + h * kHd;
     const size_t koff = off + static_cast<size_t>(h / kG) * kHs;
     float* sh = scores + h * stride;
@@ -424,14 +455,17 @@ __attribute__((always_inline)) inline void AttendVec16(const float* q, const flo
         const bool full = blk < nblocks - 1;
         V16 pw[kP];
         for (int p = 0; p < kP; ++p) pw[p] = LoadV16(scores + (h0 + p) * stride + blk * B);
+        // One base pointer per block: the rows of a pass sit at compile-time
+        // offsets from it (GCC otherwise keeps one offset per row, spilled).
+        const float* vrow = vb[blk] + off + static_cast<size_t>(d0) * B;
         for (int j = 0; j < kD; ++j) {
           if constexpr (kShareV) {
-            V16 v = LoadV16(vb[blk] + off + (h0 / kG) * kHs + static_cast<size_t>(d0 + j) * B);
+            V16 v = LoadV16(vrow + (h0 / kG) * kHs + static_cast<size_t>(j) * B);
             if (!full) v = live ? v : V16{};
             for (int p = 0; p < kP; ++p) acc[p * kD + j] += pw[p] * v;
           } else {
             for (int p = 0; p < kP; ++p) {
-              V16 v = LoadV16(vb[blk] + off + ((h0 + p) / kG) * kHs + static_cast<size_t>(d0 + j) * B);
+              V16 v = LoadV16(vrow + ((h0 + p) / kG) * kHs + static_cast<size_t>(j) * B);
               if (!full) v = live ? v : V16{};
               acc[p * kD + j] += pw[p] * v;
             }
