@@ -430,16 +430,6 @@ __attribute__((always_inline)) inline void AttendVec16(const float* q, const flo
     mx[h] = V16{} + Hmax8(m8);
     sumv[h] = V16{};
   }
-  for (size_t p = 0; p < stride; p += B) {
-    for (int h = 0; h < kQ; ++h) {
-      float* sc = scores + h * stride + p;
-      const V16 e = ExpNeg16(LoadV16(sc) - mx[h]);
-      sumv[h] += e;
-      std::memcpy(sc, &e, sizeof(V16));
-    }
-  }
-  float inv[kQ];
-  for (int h = 0; h < kQ; ++h) inv[h] = 1.0f / Hsum8(Lo8(sumv[h]) + Hi8(sumv[h]));
   // Values: kP heads x kD dims per pass, 16 accumulators over a block's slots.
   // Slots past the sequence hold stale data: their (zero) weights are not
   // multiplied with it.
@@ -447,6 +437,22 @@ __attribute__((always_inline)) inline void AttendVec16(const float* q, const flo
   constexpr int kP = 16 / kD < kQ ? 16 / kD : kQ;
   static_assert(kQ % kP == 0);
   constexpr bool kShareV = kG % kP == 0;  // a pass's heads read one KV head
+  // Head dims up to 16 take one value pass per head: the exponentials are
+  // computed there (same values, same summation order) instead of in a pass of
+  // their own that stores them and reads them back.
+  constexpr bool kFuseExp = kD == kHd;
+  float inv[kQ];
+  if constexpr (!kFuseExp) {
+    for (size_t p = 0; p < stride; p += B) {
+      for (int h = 0; h < kQ; ++h) {
+        float* sc = scores + h * stride + p;
+        const V16 e = ExpNeg16(LoadV16(sc) - mx[h]);
+        sumv[h] += e;
+        std::memcpy(sc, &e, sizeof(V16));
+      }
+    }
+    for (int h = 0; h < kQ; ++h) inv[h] = 1.0f / Hsum8(Lo8(sumv[h]) + Hi8(sumv[h]));
+  }
   for (int h0 = 0; h0 < kQ; h0 += kP) {
     for (int d0 = 0; d0 < kHd; d0 += kD) {
       V16 acc[16];
@@ -454,7 +460,13 @@ __attribute__((always_inline)) inline void AttendVec16(const float* q, const flo
       for (int blk = 0; blk < nblocks; ++blk) {
         const bool full = blk < nblocks - 1;
         V16 pw[kP];
-        for (int p = 0; p < kP; ++p) pw[p] = LoadV16(scores + (h0 + p) * stride + blk * B);
+        for (int p = 0; p < kP; ++p) {
+          pw[p] = LoadV16(scores + (h0 + p) * stride + blk * B);
+          if constexpr (kFuseExp) {
+            pw[p] = ExpNeg16(pw[p] - mx[h0 + p]);
+            sumv[h0 + p] += pw[p];
+          }
+        }
         // One base pointer per block: the rows of a pass sit at compile-time
         // offsets from it (GCC otherwise keeps one offset per row, spilled).
         const float* vrow = vb[blk] + off + static_cast<size_t>(d0) * B;
@@ -472,6 +484,8 @@ __attribute__((always_inline)) inline void AttendVec16(const float* q, const flo
           }
         }
       }
+      if constexpr (kFuseExp)
+        for (int p = 0; p < kP; ++p) inv[h0 + p] = 1.0f / Hsum8(Lo8(sumv[h0 + p]) + Hi8(sumv[h0 + p]));
       const V16 o = Hsum16x16(acc);  // lane p * kD + j: head h0 + p, dim d0 + j
       for (int p = 0; p < kP; ++p)
         for (int j = 0; j < kD; ++j) out[(h0 + p) * kHd + d0 + j] = o[p * kD + j] * inv[h0 + p];
