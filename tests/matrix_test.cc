@@ -33,7 +33,7 @@ struct Shape {
   int rows, cols;
 };
 const Shape kShapes[] = {{1, 1}, {3, 8}, {8, 64}, {13, 172}, {172, 64}, {5, 300}, {9, 33}, {4, 129}, {6, 2270}};
-const int kBatch[] = {1, 2, 3, 4, 5, 8, 16, 17, 33};
+const int kBatch[] = {1, 2, 3, 4, 5, 8, 9, 10, 12, 13, 16, 17, 33};
 
 std::vector<std::string> Isas() {
   std::vector<std::string> out;

@@ -122,6 +122,69 @@ void PairActivations(const float* x, int ldx, int m, int cols, float* xp) {
             j < m && k + e < cols ? x[static_cast<size_t>(j) * ldx + k + e] : 0.f;
 }
 
+// Quad layout for up to 4 activation rows: xq[kk][4j + e] = x[j][4kk + e] for
+// j < m (zero for m <= j < 4 and past cols), kk < ceil(cols / 4).
+void QuadActivations(const float* x, int ldx, int m, int cols, float* xq) {
+  const int quads = cols / 4;
+  for (int kk = 0; kk < quads; ++kk) {
+    __m512 v = _mm512_setzero_ps();
+    if (m > 0) v = _mm512_insertf32x4(v, _mm_loadu_ps(x + 4 * kk), 0);
+    if (m > 1) v = _mm512_insertf32x4(v, _mm_loadu_ps(x + static_cast<size_t>(ldx) + 4 * kk), 1);
+    if (m > 2) v = _mm512_insertf32x4(v, _mm_loadu_ps(x + 2 * static_cast<size_t>(ldx) + 4 * kk), 2);
+    if (m > 3) v = _mm512_insertf32x4(v, _mm_loadu_ps(x + 3 * static_cast<size_t>(ldx) + 4 * kk), 3);
+    _mm512_storeu_ps(xq + static_cast<size_t>(kk) * 16, v);
+  }
+  if (cols % 4 != 0)
+    for (int j = 0; j < 4; ++j)
+      for (int e = 0; e < 4; ++e)
+        xq[static_cast<size_t>(quads) * 16 + 4 * j + e] =
+            j < m && 4 * quads + e < cols ? x[static_cast<size_t>(j) * ldx + 4 * quads + e] : 0.f;
+}
+
+// Up to 16 weight rows against up to 4 activation rows in the quad layout: each
+// step multiplies 4 broadcast weights (W[i][k..k+3]) with the quads of the 4
+// rows, so all 16 lanes do useful work (the pair tiles would leave half of them
+// idle for 4 rows or fewer); lanes 4j..4j+3 then hold row j's partial sums.
+template <bool kFull>
+void DenseTileQuads(const float* w, int cols, int r, int nrows, const float* xq, int m, float* y, int ldy) {
+  __m512 acc[16];
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  const int quads = cols / 4;
+  const float* wr[16];
+  for (int i = 0; i < 16; ++i) wr[i] = w + static_cast<size_t>(r + (i < nrows ? i : nrows - 1)) * cols;
+  if constexpr (kFull) {
+    const size_t s = static_cast<size_t>(cols);
+    const float* p[8];
+    for (int j = 0; j < 8; ++j) p[j] = wr[2 * j];
+    for (int kk = 0; kk < quads; ++kk) {
+      const __m512 xv = _mm512_loadu_ps(xq + static_cast<size_t>(kk) * 16);
+      for (int j = 0; j < 8; ++j) {
+        acc[2 * j] = _mm512_fmadd_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(p[j])), xv, acc[2 * j]);
+        acc[2 * j + 1] = _mm512_fmadd_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(p[j] + s)), xv, acc[2 * j + 1]);
+        p[j] += 4;
+      }
+    }
+  } else {
+    for (int kk = 0; kk < quads; ++kk) {
+      const __m512 xv = _mm512_loadu_ps(xq + static_cast<size_t>(kk) * 16);
+      for (int i = 0; i < 16; ++i)
+        acc[i] = _mm512_fmadd_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(wr[i] + 4 * kk)), xv, acc[i]);
+    }
+  }
+  if (cols % 4 != 0) {
+    const __mmask8 tm = static_cast<__mmask8>((1u << (cols % 4)) - 1u);
+    const __m512 xv = _mm512_loadu_ps(xq + static_cast<size_t>(quads) * 16);
+    for (int i = 0; i < 16; ++i)
+      acc[i] = _mm512_fmadd_ps(_mm512_broadcast_f32x4(_mm_maskz_loadu_ps(tm, wr[i] + 4 * quads)), xv, acc[i]);
+  }
+  Transpose16(acc);
+  const __mmask16 mask = static_cast<__mmask16>(nrows >= 16 ? 0xFFFFu : (1u << nrows) - 1u);
+  for (int t = 0; t < m; ++t)
+    _mm512_mask_storeu_ps(y + static_cast<size_t>(t) * ldy + r, mask,
+                          _mm512_add_ps(_mm512_add_ps(acc[4 * t], acc[4 * t + 1]),
+                                        _mm512_add_ps(acc[4 * t + 2], acc[4 * t + 3])));
+}
+
 inline __m512 BroadcastPair(const float* p) { return _mm512_castpd_ps(_mm512_broadcastsd_pd(_mm_load_sd(reinterpret_cast<const double*>(p)))); }
 
 // Up to 16 weight rows against up to 8 activation rows in the pair layout: each
@@ -215,12 +278,13 @@ void DenseGemvF16(const uint16_t* w, int cols, int r0, int r1, const float* x, f
 // layout up to 8 rows, the transposed one above).
 constexpr int kTransposedMinRows = 5;
 
-// Activation rows are taken 16 at a time (transposed tiles), the rest in one
-// tile, except that a single row left over runs as a GEMV: a 16-lane tile costs
-// the same for 9 rows as for 16, so 9 rows run as 8 in pair tiles plus one GEMV
-// (stories260K, 1 thread, decode at context 64, alternating runs: batch 9
-// 44.4k -> 47.7k tok/s). Splitting 10-12 rows as 8 plus the AVX2 tiles was no
-// faster (10) or slower (11, 12: -3 to -5%) than one transposed tile.
+// Activation rows are taken 16 at a time (transposed tiles); 13-15 left over take
+// one transposed tile, 9-12 take 8 in pair tiles and the rest as a GEMV (one
+// row) or in quad tiles (2-4): a 16-lane tile costs the same for 9 rows as for
+// 16, a pair tile the same for 1 row as for 8, a quad tile the same for 1 as for
+// 4. (stories260K, 1 thread, decode at context 64, alternating runs: batch 9
+// 44.4k -> 49.3k tok/s with the GEMV; splitting 10-12 rows as 8 plus the AVX2
+// tiles was no faster than one transposed tile.)
 void DenseGemmF32(const void* wp, int cols, int r0, int r1, const float* x, int n, int ldx, float* y, int ldy) {
   const float* w = static_cast<const float*>(wp);
   if (n == 1) return DenseGemvF32(w, cols, r0, r1, x, y);
@@ -228,15 +292,18 @@ void DenseGemmF32(const void* wp, int cols, int r0, int r1, const float* x, int 
   float* xt = ScratchFloats(static_cast<size_t>(cols + 1) * 16);
   for (int t0 = 0, m = 0; t0 < n; t0 += m) {
     const int left = n - t0;
-    m = left >= 16 ? 16 : left == 9 ? 8 : left;
+    m = left >= 16 ? 16 : left >= 9 && left <= 12 ? 8 : left;
     float* yt = y + static_cast<size_t>(t0) * ldy;
     const float* xs = x + static_cast<size_t>(t0) * ldx;
     if (m == 1) {
       DenseGemvF32(w, cols, r0, r1, xs, yt);
       continue;
     }
-    if (m < kTransposedMinRows) {
-      g_avx2_dense_f32(wp, cols, r0, r1, xs, m, ldx, yt, ldy);
+    if (m <= 4) {  // left over after 8 (n < kTransposedMinRows returned above)
+      QuadActivations(xs, ldx, m, cols, xt);
+      int r = r0;
+      for (; r + 16 <= r1; r += 16) DenseTileQuads<true>(w, cols, r, 16, xt, m, yt, ldy);
+      if (r < r1) DenseTileQuads<false>(w, cols, r, r1 - r, xt, m, yt, ldy);
       continue;
     }
     if (m <= 8) {
