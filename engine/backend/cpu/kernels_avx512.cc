@@ -274,21 +274,23 @@ void DenseGemvF16(const uint16_t* w, int cols, int r0, int r1, const float* x, f
 }
 
 
-// Activation rows per call at or above which the 16-lane tiles are used (the pair
-// layout up to 8 rows, the transposed one above).
+// F16 / BF16 weights: activation rows per call at or above which the 16-lane
+// tiles are used on converted weights (the pair layout up to 8 rows, the
+// transposed one above); fewer keep the AVX2 tiles.
 constexpr int kTransposedMinRows = 5;
 
 // Activation rows are taken 16 at a time (transposed tiles); 13-15 left over take
 // one transposed tile, 9-12 take 8 in pair tiles and the rest as a GEMV (one
-// row) or in quad tiles (2-4): a 16-lane tile costs the same for 9 rows as for
-// 16, a pair tile the same for 1 row as for 8, a quad tile the same for 1 as for
-// 4. (stories260K, 1 thread, decode at context 64, alternating runs: batch 9
-// 44.4k -> 49.3k tok/s with the GEMV; splitting 10-12 rows as 8 plus the AVX2
-// tiles was no faster than one transposed tile.)
+// row) or in quad tiles (2-4), and 2-4 rows in all take quad tiles: a 16-lane
+// tile costs the same for 9 rows as for 16, a pair tile the same for 1 row as
+// for 8, a quad tile the same for 1 as for 4. (stories260K, 1 thread, decode at
+// context 64, alternating runs: batch 9 44.4k -> 49.3k tok/s with the GEMV;
+// batch 2 / 3 / 4 37.2k / 40.4k / 48.7k -> 39.0k / 46.8k / 51.9k with quad
+// tiles instead of the AVX2 tiles; splitting 10-12 rows as 8 plus the AVX2 tiles
+// was no faster than one transposed tile.)
 void DenseGemmF32(const void* wp, int cols, int r0, int r1, const float* x, int n, int ldx, float* y, int ldy) {
   const float* w = static_cast<const float*>(wp);
   if (n == 1) return DenseGemvF32(w, cols, r0, r1, x, y);
-  if (n < kTransposedMinRows) return g_avx2_dense_f32(wp, cols, r0, r1, x, n, ldx, y, ldy);
   float* xt = ScratchFloats(static_cast<size_t>(cols + 1) * 16);
   for (int t0 = 0, m = 0; t0 < n; t0 += m) {
     const int left = n - t0;
@@ -299,7 +301,7 @@ void DenseGemmF32(const void* wp, int cols, int r0, int r1, const float* x, int 
       DenseGemvF32(w, cols, r0, r1, xs, yt);
       continue;
     }
-    if (m <= 4) {  // left over after 8 (n < kTransposedMinRows returned above)
+    if (m <= 4) {
       QuadActivations(xs, ldx, m, cols, xt);
       int r = r0;
       for (; r + 16 <= r1; r += 16) DenseTileQuads<true>(w, cols, r, 16, xt, m, yt, ldy);
