@@ -280,13 +280,13 @@ void DenseGemvF16(const uint16_t* w, int cols, int r0, int r1, const float* x, f
 constexpr int kTransposedMinRows = 5;
 
 // Activation rows are taken 16 at a time (transposed tiles); 13-15 left over take
-// one transposed tile, 9-12 take 8 in pair tiles and the rest as a GEMV (one
-// row) or in quad tiles (2-4), and 2-4 rows in all take quad tiles: a 16-lane
+// one transposed tile, 9-12 take 8 in pair tiles and the rest as below, 6-8 one
+// pair tile, 5 a quad tile and a GEMV, 2-4 a quad tile, 1 the GEMV: a 16-lane
 // tile costs the same for 9 rows as for 16, a pair tile the same for 1 row as
 // for 8, a quad tile the same for 1 as for 4. (stories260K, 1 thread, decode at
 // context 64, alternating runs: batch 9 44.4k -> 49.3k tok/s with the GEMV;
 // batch 2 / 3 / 4 37.2k / 40.4k / 48.7k -> 39.0k / 46.8k / 51.9k with quad
-// tiles instead of the AVX2 tiles; splitting 10-12 rows as 8 plus the AVX2 tiles
+// tiles instead of the AVX2 tiles, batch 5 46.9k -> 48.1k as 4 + 1; splitting 10-12 rows as 8 plus the AVX2 tiles
 // was no faster than one transposed tile.)
 void DenseGemmF32(const void* wp, int cols, int r0, int r1, const float* x, int n, int ldx, float* y, int ldy) {
   const float* w = static_cast<const float*>(wp);
@@ -294,7 +294,10 @@ void DenseGemmF32(const void* wp, int cols, int r0, int r1, const float* x, int 
   float* xt = ScratchFloats(static_cast<size_t>(cols + 1) * 16);
   for (int t0 = 0, m = 0; t0 < n; t0 += m) {
     const int left = n - t0;
-    m = left >= 16 ? 16 : left >= 9 && left <= 12 ? 8 : left;
+    // A cheap cover of what is left, in units of a pair tile: transposed 2, pair
+    // 1, quad 1/2, GEMV ~1/8 (5 = 4 + 1, 9 = 8 + 1, 12 = 8 + 4; 13 as 8 + 4 + 1
+    // measured ~2% slower than one transposed tile).
+    m = left >= 16 ? 16 : left >= 13 ? left : left >= 9 ? 8 : left >= 6 ? left : left == 5 ? 4 : left;
     float* yt = y + static_cast<size_t>(t0) * ldy;
     const float* xs = x + static_cast<size_t>(t0) * ldx;
     if (m == 1) {
