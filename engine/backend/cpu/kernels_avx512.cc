@@ -141,90 +141,64 @@ void QuadActivations(const float* x, int ldx, int m, int cols, float* xq) {
             j < m && 4 * quads + e < cols ? x[static_cast<size_t>(j) * ldx + 4 * quads + e] : 0.f;
 }
 
-// Up to 16 weight rows against up to 4 activation rows in the quad layout: each
-// step multiplies 4 broadcast weights (W[i][k..k+3]) with the quads of the 4
-// rows, so all 16 lanes do useful work (the pair tiles would leave half of them
-// idle for 4 rows or fewer); lanes 4j..4j+3 then hold row j's partial sums.
-template <bool kFull>
-void DenseTileQuads(const float* w, int cols, int r, int nrows, const float* xq, int m, float* y, int ldy) {
-  __m512 acc[16];
-  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  const int quads = cols / 4;
-  const float* wr[16];
-  for (int i = 0; i < 16; ++i) wr[i] = w + static_cast<size_t>(r + (i < nrows ? i : nrows - 1)) * cols;
-  if constexpr (kFull) {
-    const size_t s = static_cast<size_t>(cols);
-    const float* p[8];
-    for (int j = 0; j < 8; ++j) p[j] = wr[2 * j];
-    for (int kk = 0; kk < quads; ++kk) {
-      const __m512 xv = _mm512_loadu_ps(xq + static_cast<size_t>(kk) * 16);
-      for (int j = 0; j < 8; ++j) {
-        acc[2 * j] = _mm512_fmadd_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(p[j])), xv, acc[2 * j]);
-        acc[2 * j + 1] = _mm512_fmadd_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(p[j] + s)), xv, acc[2 * j + 1]);
-        p[j] += 4;
-      }
-    }
+// kG consecutive weights of a row (W[i][k..k+kG-1]) in every kG-lane group; the
+// first `valid` of them from memory, the rest zero (a row's last, partial group).
+template <int kG>
+inline __m512 BroadcastGroup(const float* p, int valid = kG) {
+  if constexpr (kG == 2) {
+    if (valid == 2) return _mm512_castpd_ps(_mm512_broadcastsd_pd(_mm_load_sd(reinterpret_cast<const double*>(p))));
+    return _mm512_broadcast_f32x2(_mm_maskz_loadu_ps(static_cast<__mmask8>((1u << valid) - 1u), p));
   } else {
-    for (int kk = 0; kk < quads; ++kk) {
-      const __m512 xv = _mm512_loadu_ps(xq + static_cast<size_t>(kk) * 16);
-      for (int i = 0; i < 16; ++i)
-        acc[i] = _mm512_fmadd_ps(_mm512_broadcast_f32x4(_mm_loadu_ps(wr[i] + 4 * kk)), xv, acc[i]);
-    }
+    static_assert(kG == 4);
+    if (valid == 4) return _mm512_broadcast_f32x4(_mm_loadu_ps(p));
+    return _mm512_broadcast_f32x4(_mm_maskz_loadu_ps(static_cast<__mmask8>((1u << valid) - 1u), p));
   }
-  if (cols % 4 != 0) {
-    const __mmask8 tm = static_cast<__mmask8>((1u << (cols % 4)) - 1u);
-    const __m512 xv = _mm512_loadu_ps(xq + static_cast<size_t>(quads) * 16);
-    for (int i = 0; i < 16; ++i)
-      acc[i] = _mm512_fmadd_ps(_mm512_broadcast_f32x4(_mm_maskz_loadu_ps(tm, wr[i] + 4 * quads)), xv, acc[i]);
-  }
-  Transpose16(acc);
-  const __mmask16 mask = static_cast<__mmask16>(nrows >= 16 ? 0xFFFFu : (1u << nrows) - 1u);
-  for (int t = 0; t < m; ++t)
-    _mm512_mask_storeu_ps(y + static_cast<size_t>(t) * ldy + r, mask,
-                          _mm512_add_ps(_mm512_add_ps(acc[4 * t], acc[4 * t + 1]),
-                                        _mm512_add_ps(acc[4 * t + 2], acc[4 * t + 3])));
 }
 
-inline __m512 BroadcastPair(const float* p) { return _mm512_castpd_ps(_mm512_broadcastsd_pd(_mm_load_sd(reinterpret_cast<const double*>(p)))); }
-
-// Up to 16 weight rows against up to 8 activation rows in the pair layout: each
-// step multiplies a broadcast pair of weights (W[i][k], W[i][k+1]) with the
-// pairs of the 8 rows, so all 16 lanes do useful work; lanes 2j and 2j+1 then
-// hold the even-k and odd-k partial sums of row j. An odd last column is one
-// broadcast weight against the zero-padded last pair.
-template <bool kFull>
-void DenseTilePairs(const float* w, int cols, int r, int nrows, const float* xp, int m, float* y, int ldy) {
+// Up to 16 weight rows against up to 16 / kG activation rows in the pair (kG = 2,
+// PairActivations) or quad (kG = 4, QuadActivations) layout: each step multiplies
+// kG broadcast weights of each row with the groups of the activation rows, so all
+// 16 lanes do useful work (pairs for 5-8 activation rows, quads for up to 4);
+// lanes kG*j..kG*j+kG-1 then hold row j's partial sums. A partial last group is
+// zero-padded on both sides.
+template <int kG, bool kFull>
+void DenseTileGroups(const float* w, int cols, int r, int nrows, const float* xg, int m, float* y, int ldy) {
   __m512 acc[16];
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  const int pairs = cols / 2;
+  const int groups = cols / kG;
   const float* wr[16];
   for (int i = 0; i < 16; ++i) wr[i] = w + static_cast<size_t>(r + (i < nrows ? i : nrows - 1)) * cols;
   if constexpr (kFull) {
+    // Eight row pointers and one stride (the row after each): fewer registers.
     const size_t s = static_cast<size_t>(cols);
     const float* p[8];
     for (int j = 0; j < 8; ++j) p[j] = wr[2 * j];
-    for (int kk = 0; kk < pairs; ++kk) {
-      const __m512 xv = _mm512_loadu_ps(xp + static_cast<size_t>(kk) * 16);
+    for (int kk = 0; kk < groups; ++kk) {
+      const __m512 xv = _mm512_loadu_ps(xg + static_cast<size_t>(kk) * 16);
       for (int j = 0; j < 8; ++j) {
-        acc[2 * j] = _mm512_fmadd_ps(BroadcastPair(p[j]), xv, acc[2 * j]);
-        acc[2 * j + 1] = _mm512_fmadd_ps(BroadcastPair(p[j] + s), xv, acc[2 * j + 1]);
-        p[j] += 2;
+        acc[2 * j] = _mm512_fmadd_ps(BroadcastGroup<kG>(p[j]), xv, acc[2 * j]);
+        acc[2 * j + 1] = _mm512_fmadd_ps(BroadcastGroup<kG>(p[j] + s), xv, acc[2 * j + 1]);
+        p[j] += kG;
       }
     }
   } else {
-    for (int kk = 0; kk < pairs; ++kk) {
-      const __m512 xv = _mm512_loadu_ps(xp + static_cast<size_t>(kk) * 16);
-      for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(BroadcastPair(wr[i] + 2 * kk), xv, acc[i]);
+    for (int kk = 0; kk < groups; ++kk) {
+      const __m512 xv = _mm512_loadu_ps(xg + static_cast<size_t>(kk) * 16);
+      for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(BroadcastGroup<kG>(wr[i] + kG * kk), xv, acc[i]);
     }
   }
-  if (cols % 2 != 0) {
-    const __m512 xv = _mm512_loadu_ps(xp + static_cast<size_t>(pairs) * 16);
-    for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(wr[i][cols - 1]), xv, acc[i]);
+  if (cols % kG != 0) {
+    const __m512 xv = _mm512_loadu_ps(xg + static_cast<size_t>(groups) * 16);
+    for (int i = 0; i < 16; ++i)
+      acc[i] = _mm512_fmadd_ps(BroadcastGroup<kG>(wr[i] + kG * groups, cols % kG), xv, acc[i]);
   }
   Transpose16(acc);
   const __mmask16 mask = static_cast<__mmask16>(nrows >= 16 ? 0xFFFFu : (1u << nrows) - 1u);
-  for (int t = 0; t < m; ++t)
-    _mm512_mask_storeu_ps(y + static_cast<size_t>(t) * ldy + r, mask, _mm512_add_ps(acc[2 * t], acc[2 * t + 1]));
+  for (int t = 0; t < m; ++t) {
+    __m512 sum = _mm512_add_ps(acc[kG * t], acc[kG * t + 1]);
+    if constexpr (kG == 4) sum = _mm512_add_ps(sum, _mm512_add_ps(acc[kG * t + 2], acc[kG * t + 3]));
+    _mm512_mask_storeu_ps(y + static_cast<size_t>(t) * ldy + r, mask, sum);
+  }
 }
 
 // Products of 2..4 activation rows keep the AVX2 register tiles.
@@ -307,15 +281,15 @@ void DenseGemmF32(const void* wp, int cols, int r0, int r1, const float* x, int 
     if (m <= 4) {
       QuadActivations(xs, ldx, m, cols, xt);
       int r = r0;
-      for (; r + 16 <= r1; r += 16) DenseTileQuads<true>(w, cols, r, 16, xt, m, yt, ldy);
-      if (r < r1) DenseTileQuads<false>(w, cols, r, r1 - r, xt, m, yt, ldy);
+      for (; r + 16 <= r1; r += 16) DenseTileGroups<4, true>(w, cols, r, 16, xt, m, yt, ldy);
+      if (r < r1) DenseTileGroups<4, false>(w, cols, r, r1 - r, xt, m, yt, ldy);
       continue;
     }
     if (m <= 8) {
       PairActivations(x + static_cast<size_t>(t0) * ldx, ldx, m, cols, xt);
       int r = r0;
-      for (; r + 16 <= r1; r += 16) DenseTilePairs<true>(w, cols, r, 16, xt, m, yt, ldy);
-      if (r < r1) DenseTilePairs<false>(w, cols, r, r1 - r, xt, m, yt, ldy);
+      for (; r + 16 <= r1; r += 16) DenseTileGroups<2, true>(w, cols, r, 16, xt, m, yt, ldy);
+      if (r < r1) DenseTileGroups<2, false>(w, cols, r, r1 - r, xt, m, yt, ldy);
       continue;
     }
     TransposeActivations(x + static_cast<size_t>(t0) * ldx, ldx, m, cols, xt);
@@ -368,8 +342,8 @@ void DenseGemmHalf(const void* wp, int cols, int r0, int r1, const float* x, int
       float* yt = y + static_cast<size_t>(16 * b) * ldy + r;
       const float* xb = xt + b * xsz;
       if (m <= 8) {
-        if (nrows == 16) DenseTilePairs<true>(wt, cols, 0, 16, xb, m, yt, ldy);
-        else DenseTilePairs<false>(wt, cols, 0, nrows, xb, m, yt, ldy);
+        if (nrows == 16) DenseTileGroups<2, true>(wt, cols, 0, 16, xb, m, yt, ldy);
+        else DenseTileGroups<2, false>(wt, cols, 0, nrows, xb, m, yt, ldy);
       } else {
         if (nrows == 16) DenseTile16<true>(wt, cols, 0, 16, xb, m, yt, ldy);
         else DenseTile16<false>(wt, cols, 0, nrows, xb, m, yt, ldy);
