@@ -358,71 +358,49 @@ __attribute__((always_inline)) inline void AttendVec16(const float* q, const flo
   const I16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const I16 live = lane < last;
   const V16 ninf = V16{} - INFINITY;
-  // Scores, one head at a time over all blocks: the head's query values are
-  // loop invariants (kept in registers for small head dims) and every block is
-  // an independent chain.
+  // Scores, one KV head at a time: the kG query heads that share it go together,
+  // so each key row is loaded once for all of them. Per head the arithmetic is
+  // fixed (even and odd dims in two sums, then the scale); blocks are independent
+  // chains, and two running maxima (even and odd blocks) halve the loop-carried
+  // max chain. The query values are broadcast once into registers when they fit
+  // (the compiler cannot hoist the loads itself: the score stores might alias q).
+  constexpr bool kQInRegs = kG * kHd <= 16;
   V16 mxv[kQ];
-  if constexpr (kG > 1 && kG * kHd <= 16) {
-    // Small heads: the kG query heads of a KV head together, so each key row is
-    // loaded once for all of them, with twice the independent chains; the same
-    // arithmetic per head as below (bit-identical scores). Two running maxima
-    // (even and odd blocks) halve the loop-carried max chain.
-    for (int hk = 0; hk < kH; ++hk) {
-      const size_t koff = off + static_cast<size_t>(hk) * kHs;
-      V16 qv[kG][kHd];
+  for (int hk = 0; hk < kH; ++hk) {
+    const size_t koff = off + static_cast<size_t>(hk) * kHs;
+    const float* qk = q + hk * kG * kHd;
+    V16 qv[kQInRegs ? kG : 1][kQInRegs ? kHd : 1];
+    if constexpr (kQInRegs)
       for (int g = 0; g < kG; ++g)
-        for (int d = 0; d < kHd; ++d) qv[g][d] = V16{} + q[(hk * kG + g) * kHd + d];
-      V16 m0[kG], m1[kG];
-      for (int g = 0; g < kG; ++g) m0[g] = m1[g] = ninf;
-      for (int blk = 0; blk < nblocks; ++blk) {
-        const float* kt = kb[blk] + koff;
-        V16 kr[kHd];
-        for (int d = 0; d < kHd; ++d) kr[d] = LoadV16(kt + static_cast<size_t>(d) * B);
-        for (int g = 0; g < kG; ++g) {
-          V16 s0 = V16{}, s1 = V16{};
-          for (int d = 0; d < kHd; d += 2) {
-            s0 += qv[g][d] * kr[d];
-            s1 += qv[g][d + 1] * kr[d + 1];
-          }
-          V16 v = (s0 + s1) * scale;
-          if (blk == nblocks - 1) v = live ? v : ninf;
-          if (blk % 2 == 0) m0[g] = m0[g] > v ? m0[g] : v;
-          else m1[g] = m1[g] > v ? m1[g] : v;
-          std::memcpy(scores + (hk * kG + g) * stride + blk * B, &v, sizeof(V16));
-        }
-      }
-      for (int g = 0; g < kG; ++g) mxv[hk * kG + g] = m0[g] > m1[g] ? m0[g] : m1[g];
-    }
-  } else for (int h = 0; h < kQ; ++h) {
-    const float* qh = q + h * kHd;
-    const size_t koff = off + static_cast<size_t>(h / kG) * kHs;
-    float* sh = scores + h * stride;
-    // Broadcast once: the compiler cannot hoist the loads itself (the score
-    // stores might alias q).
-    V16 qv[kHd <= 16 ? kHd : 1];
-    if constexpr (kHd <= 16)
-      for (int d = 0; d < kHd; ++d) qv[d] = V16{} + qh[d];
-    V16 m = ninf;
+        for (int d = 0; d < kHd; ++d) qv[g][d] = V16{} + qk[g * kHd + d];
+    V16 m0[kG], m1[kG];
+    for (int g = 0; g < kG; ++g) m0[g] = m1[g] = ninf;
     for (int blk = 0; blk < nblocks; ++blk) {
       const float* kt = kb[blk] + koff;
-      V16 s0 = V16{}, s1 = V16{};
-      if constexpr (kHd <= 16) {
-        for (int d = 0; d < kHd; d += 2) {
-          s0 += qv[d] * LoadV16(kt + static_cast<size_t>(d) * B);
-          s1 += qv[d + 1] * LoadV16(kt + static_cast<size_t>(d + 1) * B);
-        }
-      } else {
-        for (int d = 0; d < kHd; d += 2) {
-          s0 += qh[d] * LoadV16(kt + static_cast<size_t>(d) * B);
-          s1 += qh[d + 1] * LoadV16(kt + static_cast<size_t>(d + 1) * B);
+      V16 s0[kG], s1[kG];
+      for (int g = 0; g < kG; ++g) s0[g] = s1[g] = V16{};
+      for (int d = 0; d < kHd; d += 2) {
+        const V16 k0 = LoadV16(kt + static_cast<size_t>(d) * B);
+        const V16 k1 = LoadV16(kt + static_cast<size_t>(d + 1) * B);
+        for (int g = 0; g < kG; ++g) {
+          if constexpr (kQInRegs) {
+            s0[g] += qv[g][d] * k0;
+            s1[g] += qv[g][d + 1] * k1;
+          } else {
+            s0[g] += qk[g * kHd + d] * k0;
+            s1[g] += qk[g * kHd + d + 1] * k1;
+          }
         }
       }
-      V16 v = (s0 + s1) * scale;
-      if (blk == nblocks - 1) v = live ? v : ninf;
-      m = m > v ? m : v;
-      std::memcpy(sh + blk * B, &v, sizeof(V16));
+      for (int g = 0; g < kG; ++g) {
+        V16 v = (s0[g] + s1[g]) * scale;
+        if (blk == nblocks - 1) v = live ? v : ninf;
+        if (blk % 2 == 0) m0[g] = m0[g] > v ? m0[g] : v;
+        else m1[g] = m1[g] > v ? m1[g] : v;
+        std::memcpy(scores + (hk * kG + g) * stride + blk * B, &v, sizeof(V16));
+      }
     }
-    mxv[h] = m;
+    for (int g = 0; g < kG; ++g) mxv[hk * kG + g] = m0[g] > m1[g] ? m0[g] : m1[g];
   }
   V16 mx[kQ], sumv[kQ];
   for (int h = 0; h < kQ; ++h) {

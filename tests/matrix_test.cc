@@ -25,6 +25,7 @@
 #include "engine/sparse_matrix.h"
 #include "engine/thread_pool.h"
 #include "gtest/gtest.h"
+#include "tests/test_util.h"
 
 namespace eora {
 namespace {
@@ -479,14 +480,14 @@ TEST(MatrixTest, PackedBlockLayout) {
 // [low plane][high word] with code k's high bit at bit 8 * (k % 4) + k / 4 in
 // version 1; even blocks [low plane][high word], odd ones [high word][low plane],
 // bit k = code k's, in version 2. UpgradePacked rewrites them so that the matrix
-// has the same codes; other widths never changed. The old layouts are written
-// here from their definitions, not with engine code.
+// has the same codes; other widths never changed. The old layouts are written by
+// testing::RewriteQ3RowsAsVersion from their definitions, not with engine code.
 TEST(MatrixTest, UpgradesEarlierThreeBitLayouts) {
   std::mt19937 rng(5);
   for (int version : {1, 2}) {
     for (int bits : {2, 3, 4}) {
       for (int cols : {100, 140}) {  // 4 and 5 blocks; the last block is partial
-        SCOPED_TRACE(testing::Message() << "v" << version << " bits " << bits << " cols " << cols);
+        SCOPED_TRACE(::testing::Message() << "v" << version << " bits " << bits << " cols " << cols);
         const int rows = 3, blocks = (cols + 31) / 32;
         QuantizedWeights w;
         w.rows = rows;
@@ -502,23 +503,8 @@ TEST(MatrixTest, UpgradesEarlierThreeBitLayouts) {
         ASSERT_TRUE(m.ok()) << m.status();
         PackedQuant old = (*m)->packed();
         if (bits == 3) {
-          const int bb = QuantBlockBytes(bits);
-          for (int r = 0; r < rows; ++r) {
-            for (int b = 0; b < blocks; ++b) {
-              uint8_t c[32] = {};
-              for (int k = 0; k < 32 && b * 32 + k < cols; ++k)
-                c[k] = w.codes[static_cast<size_t>(r) * cols + b * 32 + k];
-              uint8_t* p = old.packed.data() + (static_cast<size_t>(r) * blocks + b) * bb;
-              const bool odd2 = version == 2 && b % 2 == 1;
-              uint32_t h = 0;
-              for (int k = 0; k < 32; ++k)
-                h |= static_cast<uint32_t>((c[k] >> 2) & 1) << (version == 1 ? 8 * (k % 4) + k / 4 : k);
-              for (int i = 0; i < 8; ++i)
-                p[(odd2 ? 4 : 0) + i] = static_cast<uint8_t>((c[i] & 3) | (c[i + 8] & 3) << 2 |
-                                                             (c[i + 16] & 3) << 4 | (c[i + 24] & 3) << 6);
-              std::memcpy(p + (odd2 ? 0 : 8), &h, 4);
-            }
-          }
+          testing::RewriteQ3RowsAsVersion(version, reinterpret_cast<char*>(old.packed.data()), rows,
+                                          static_cast<size_t>(blocks) * QuantBlockBytes(bits));
           EXPECT_NE(old.packed, (*m)->packed().packed);
         }
         UpgradePacked(&old, version);
@@ -531,6 +517,7 @@ TEST(MatrixTest, UpgradesEarlierThreeBitLayouts) {
           (*m)->RowCodes(r, a.data());
           (*up)->RowCodes(r, b.data());
           EXPECT_EQ(a, b);
+          EXPECT_TRUE(std::equal(a.begin(), a.end(), w.codes.begin() + static_cast<ptrdiff_t>(r) * cols));
         }
       }
     }

@@ -32,8 +32,8 @@ inline uint32_t Load32(const uint8_t* p) {
 // code k's high bit.
 inline bool Q3Alone(int block, int row_blocks) { return block % 2 == 0 && block + 1 >= row_blocks; }
 
-// Byte, bit shift and word offset of code c (0..31) of the half `h` (0: even
-// block, 1: odd) of a 3-bit pair, from the pair's start.
+// Byte (from the pair's start) and bit shift of the low bits of code c (0..31)
+// of the half `h` (0: even block, 1: odd) of a 3-bit pair.
 inline int Q3PairByte(int c) { return 8 * ((c >> 3) & 1) + (c & 7); }
 inline int Q3PairShift(int h, int c) { return 4 * h + 2 * (c >> 4); }
 
