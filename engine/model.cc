@@ -465,8 +465,20 @@ __attribute__((always_inline)) inline void AttendVec16(const float* q, const flo
       if constexpr (kFuseExp)
         for (int p = 0; p < kP; ++p) inv[h0 + p] = 1.0f / Hsum8(Lo8(sumv[h0 + p]) + Hi8(sumv[h0 + p]));
       const V16 o = Hsum16x16(acc);  // lane p * kD + j: head h0 + p, dim d0 + j
-      for (int p = 0; p < kP; ++p)
-        for (int j = 0; j < kD; ++j) out[(h0 + p) * kHd + d0 + j] = o[p * kD + j] * inv[h0 + p];
+      if constexpr (kD == kHd) {
+        // The pass's kP heads are contiguous in out: one vector scale, one store.
+        V16 iv = V16{} + inv[h0];
+        for (int p = 1; p < kP; ++p) iv = lane >= p * kD ? V16{} + inv[h0 + p] : iv;
+        const V16 r = o * iv;
+        if constexpr (kP * kD == 16) {
+          std::memcpy(out + h0 * kHd, &r, sizeof(V16));
+        } else {
+          for (int l = 0; l < kP * kD; ++l) out[h0 * kHd + l] = r[l];
+        }
+      } else {
+        for (int p = 0; p < kP; ++p)
+          for (int j = 0; j < kD; ++j) out[(h0 + p) * kHd + d0 + j] = o[p * kD + j] * inv[h0 + p];
+      }
     }
   }
 }
