@@ -62,8 +62,13 @@ int main(int argc, char** argv) {
   args.Flag("listen", "HOST:PORT", "0.0.0.0:50051", "gRPC address; port 0 picks a free port (logged)");
   args.Flag("http-listen", "HOST:PORT", "0.0.0.0:8080", "HTTP address for /metrics, /healthz, /readyz; port 0 picks one");
   args.Flag("threads", "N", DefaultThreads(),
-            "engine threads: a step's products are split across them, or, for a model as small as "
-            "stories260K, its sequences (one share per thread)");
+            "engine threads: a step's products are split across them, or, with several --lanes, "
+            "each lane gets threads / lanes of them");
+  args.Flag("lanes", "N", "0",
+            "independent step loops, each with its own share of --max-running and of the KV cache "
+            "and its own threads; new requests go to the lane with the fewest sequences. 0 = one per "
+            "thread for a model as small as stories260K (a step's products too small to split), "
+            "else 1");
   args.Flag("max-running", "N", "32", "sequences in one engine step (batch size)");
   args.Flag("max-queue", "N", "256", "requests waiting to join the batch before RESOURCE_EXHAUSTED");
   args.Flag("max-step-tokens", "N", "512", "token budget of one step (decode + prefill chunks)");
@@ -83,10 +88,11 @@ int main(int argc, char** argv) {
     std::fputs(args.Help().c_str(), stdout);
     return 0;
   }
-  int64_t threads, max_running, max_queue, step_tokens, kv_tokens, def_new, dev_mb, host_mb,
+  int64_t threads, lanes, max_running, max_queue, step_tokens, kv_tokens, def_new, dev_mb, host_mb,
       stream_interval;
   double load_timeout, grace;
-  if (!args.Int("threads", &threads, &err) || !args.Int("max-running", &max_running, &err) ||
+  if (!args.Int("threads", &threads, &err) || !args.Int("lanes", &lanes, &err) ||
+      !args.Int("max-running", &max_running, &err) ||
       !args.Int("max-queue", &max_queue, &err) || !args.Int("max-step-tokens", &step_tokens, &err) ||
       !args.Int("kv-cache-tokens", &kv_tokens, &err) ||
       !args.Int("default-max-new-tokens", &def_new, &err) ||
@@ -98,6 +104,7 @@ int main(int argc, char** argv) {
   if (!args.Has("model")) return Usage("--model is required");
   if (!args.Has("adapter-store")) return Usage("--adapter-store is required");
   if (threads < 1) return Usage("--threads must be >= 1");
+  if (lanes < 0 || lanes > threads) return Usage("--lanes must be between 0 (automatic) and --threads");
   if (max_running < 1 || max_queue < 0 || step_tokens < 1 || kv_tokens < 0 || def_new < 1 ||
       dev_mb < 1 || host_mb < 0 || load_timeout <= 0 || grace < 0 || stream_interval < 1 ||
       stream_interval > 4096)
@@ -134,7 +141,15 @@ int main(int argc, char** argv) {
     weights = std::move(compressed);
   }
   auto shared = std::make_shared<eora::ModelWeights>(std::move(*weights));
-  eora::ThreadPool pool(static_cast<int>(threads));
+  if (lanes == 0) {
+    eora::ThreadPool probe(1);
+    lanes = eora::server::DefaultLanes(eora::Model(shared, &probe), static_cast<int>(threads),
+                                       static_cast<int>(max_running));
+  }
+  if (lanes > max_running) lanes = max_running;
+  // With several lanes each has its own pool and model (the scheduler makes
+  // them); this one only describes the model.
+  eora::ThreadPool pool(lanes > 1 ? 1 : static_cast<int>(threads));
   eora::Model model(shared, &pool);
   const eora::Tokenizer* tokenizer = shared->tokenizer.get();
 
@@ -155,6 +170,8 @@ int main(int argc, char** argv) {
   sopt.max_queue = static_cast<int>(max_queue);
   sopt.max_step_tokens = static_cast<int>(step_tokens);
   sopt.kv_cache_tokens = kv_tokens;
+  sopt.lanes = static_cast<int>(lanes);
+  sopt.lane_threads = static_cast<int>(threads / lanes);
   eora::server::Scheduler scheduler(&model, tokenizer, sopt,
                                     eora::server::MakeSchedulingPolicy("fcfs"), &metrics);
 
@@ -196,7 +213,10 @@ int main(int argc, char** argv) {
   Log("model " + args.Str("model") + ": " + std::to_string(model.config().n_layers) + " layers, dim " +
       std::to_string(model.config().dim) + ", context " + std::to_string(model.config().max_seq_len) +
       "; adapter store " + store + "; " + std::to_string(threads) + " threads, batch " +
-      std::to_string(max_running));
+      std::to_string(max_running) +
+      (lanes > 1 ? " in " + std::to_string(lanes) + " lanes of " + std::to_string(threads / lanes) +
+                       " thread" + (threads / lanes > 1 ? "s" : "")
+                 : std::string()));
   eora::daemon::LogListening(Log, *listen, bound_grpc, *http_bound);
 
   eora::daemon::WaitAndDrain(Log, args.Str("grace-period-s"), &ready, server.get(), &http,

@@ -11,8 +11,17 @@
 // their KV blocks and adapter pins. Cancelled requests and passed deadlines are
 // stopped at the next step boundary.
 //
-// Threading contract: Submit, Stats and Drain are thread-safe. The Generator and
-// the Model are used only by the step thread.
+// Lanes: with SchedulerOptions::lanes > 1 the scheduler runs that many step
+// loops side by side, each with its own Generator, KV cache share and copy of
+// the Model (the weights are shared) on its own threads. They take requests
+// from the one waiting queue, a new request going to the lane with the fewest
+// sequences. For a small model this replaces one step over all sequences split
+// by sequence across threads (Model::ShardCount), whose threads wait for each
+// other at the end of every step and then for the serial work between steps
+// (sampling, token delivery), with loops that never wait for each other.
+//
+// Threading contract: Submit, Stats and Drain are thread-safe. A lane's
+// Generator and Model are used only by its step thread.
 #pragma once
 
 #include <condition_variable>
@@ -48,7 +57,16 @@ struct SchedulerOptions {
   int max_step_tokens = 512;
   // KV cache positions in total; 0 = max_running * model context.
   int64_t kv_cache_tokens = 0;
+  // Independent step loops (see above); max_running and kv_cache_tokens are
+  // divided among them. 1: one loop on the Model given to the constructor.
+  int lanes = 1;
+  // Threads of each lane's own thread pool when lanes > 1.
+  int lane_threads = 1;
 };
+
+// Lanes for a server of `threads` engine threads: one per thread when a step of
+// max_running tokens is small for `model` (Model::SmallStep), else one.
+int DefaultLanes(const Model& model, int threads, int max_running);
 
 // A request ready for the engine: validated, tokenized, adapter pinned.
 struct ScheduledRequest {
@@ -63,17 +81,19 @@ struct ScheduledRequest {
 };
 
 struct SchedulerStats {
-  int running = 0;   // sequences in the Generator
+  int running = 0;   // sequences in the Generators
   int waiting = 0;   // queued + admitted but not yet prefilled
   double kv_cache_usage = 0;  // fraction of KV blocks reserved
   std::set<std::string> running_adapters, waiting_adapters;
   int64_t steps = 0;
+  std::vector<int64_t> lane_steps;  // steps of each lane (they add up to steps)
 };
 
 class Scheduler {
  public:
   // `model` and `tokenizer` are not owned and must outlive the scheduler;
-  // `metrics` may be null. The step thread starts immediately.
+  // `metrics` may be null. The step threads start immediately. lanes and
+  // lane_threads below 1 count as 1; lanes above max_running as max_running.
   Scheduler(Model* model, const Tokenizer* tokenizer, SchedulerOptions options,
             std::unique_ptr<SchedulingPolicy> policy, ServerMetrics* metrics = nullptr);
   ~Scheduler();  // Drain(0) if still running
@@ -111,36 +131,50 @@ class Scheduler {
     absl::Time admitted, first_token, last_token;
   };
 
-  void Loop();
-  void OnToken(Job* j, int token);
+  // One step loop and what it owns.
+  struct Lane {
+    std::unique_ptr<ThreadPool> pool;  // lanes > 1: the lane's own pool and model
+    std::unique_ptr<Model> own_model;
+    Model* model = nullptr;            // own_model, or the scheduler's model
+    int max_running = 0;
+    int64_t kv_cache_tokens = 0;
+    std::unique_ptr<Generator> gen;    // step thread
+    // Written only by the lane's step thread, under mu_; read by that thread
+    // without the lock and by others under mu_.
+    std::map<int64_t, std::unique_ptr<Job>> running;  // by engine id
+    int64_t reserved_blocks = 0;           // guarded by mu_
+    int gen_running = 0, gen_waiting = 0;  // guarded by mu_
+    int64_t steps = 0;                     // guarded by mu_
+    std::thread thread;
+  };
+
+  void Loop(Lane* lane);
+  // Whether `lane` should admit a request needing `need` KV blocks now: it has
+  // room, and no other lane with fewer sequences has room too.
+  bool ShouldAdmitLocked(const Lane& lane, int64_t need) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnToken(Lane* lane, Job* j, int token);
   void FinishJob(Job* j, const GenerationResult* result, absl::Status status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t BlocksFor(const Job& j) const;
   void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::unique_ptr<Generator> MakeGenerator(const Lane& lane) const;
 
   Model* const model_;
   const Tokenizer* const tokenizer_;
   const SchedulerOptions options_;
   ServerMetrics* const metrics_;
-  size_t max_stop_len_ = 0;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::unique_ptr<SchedulingPolicy> policy_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::unique_ptr<Job>> waiting_ ABSL_GUARDED_BY(mu_);
-  // Written only by the step thread (under mu_); read by it without the lock.
-  std::map<int64_t, std::unique_ptr<Job>> running_;  // by engine id
-  std::unique_ptr<Generator> gen_;                   // step thread
-  int64_t reserved_blocks_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t total_blocks_ = 0;
+  std::vector<std::unique_ptr<Lane>> lanes_;  // fixed after construction
+  int64_t lane_blocks_ = 0;                   // KV blocks of each lane
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool cancel_all_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  int gen_running_ ABSL_GUARDED_BY(mu_) = 0;
-  int gen_waiting_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
-  std::thread thread_;
 };
 
 // Length of the longest prefix of s[0, n) that does not end inside a UTF-8

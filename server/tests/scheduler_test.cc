@@ -67,6 +67,9 @@ class SchedulerTest : public ::testing::Test {
   void TearDown() override {
     if (scheduler_) scheduler_->Drain(absl::Seconds(10));
   }
+  // 16 concurrent greedy requests with different adapters and ranks; each must
+  // give the offline engine's tokens.
+  void RunSixteenMixed();
   std::shared_ptr<RequestState> Start(const GenerateParams& p) {
     auto st = core_->StartGenerate(p, absl::InfiniteFuture());
     EXPECT_TRUE(st.ok()) << st.status();
@@ -104,6 +107,48 @@ TEST_F(SchedulerTest, GreedyTokensMatchTheOfflineEngine) {
 
 TEST_F(SchedulerTest, SixteenConcurrentRequestsWithMixedAdaptersAndRanks) {
   Make();
+  RunSixteenMixed();
+  EXPECT_GT(scheduler_->Stats().steps, 0);
+}
+
+// Two step loops (lanes), each with its own model copy and KV cache share:
+// the same tokens, and both loops take part.
+TEST_F(SchedulerTest, LanesGiveTheSameTokensAndShareTheWork) {
+  SchedulerOptions so;
+  so.lanes = 2;
+  so.max_running = 16;
+  Make(so);
+  RunSixteenMixed();
+  const SchedulerStats st = scheduler_->Stats();
+  ASSERT_EQ(st.lane_steps.size(), 2u);
+  EXPECT_GT(st.lane_steps[0], 0);
+  EXPECT_GT(st.lane_steps[1], 0);
+  EXPECT_EQ(st.steps, st.lane_steps[0] + st.lane_steps[1]);
+  EXPECT_EQ(st.running, 0);
+  EXPECT_EQ(st.kv_cache_usage, 0);
+}
+
+// A request that fits the whole cache but not one lane's share is refused with
+// a message that says so.
+TEST_F(SchedulerTest, LanesSplitTheKvCache) {
+  SchedulerOptions so;
+  so.lanes = 2;
+  so.kv_cache_tokens = 256;  // 128 positions per lane
+  Make(so);
+  GenerateParams p;
+  p.prompt = "Once upon a time";
+  p.max_new_tokens = 200;
+  auto st = core_->StartGenerate(p, absl::InfiniteFuture());
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(st.status().message().find("per step loop"), std::string::npos) << st.status();
+  p.max_new_tokens = 64;
+  GenerateUpdate u = Collect(Start(p));
+  EXPECT_TRUE(u.status.ok()) << u.status;
+  EXPECT_EQ(u.tokens, OfflineGreedy(p.prompt, "", 0, 64));
+}
+
+void SchedulerTest::RunSixteenMixed() {
   struct Case {
     std::string adapter;
     int rank;
@@ -136,7 +181,6 @@ TEST_F(SchedulerTest, SixteenConcurrentRequestsWithMixedAdaptersAndRanks) {
     distinct.insert(u.tokens);
   }
   EXPECT_GE(distinct.size(), 12u) << "adapters/ranks should give different outputs";
-  EXPECT_GT(scheduler_->Stats().steps, 0);
 }
 
 TEST_F(SchedulerTest, ErrorsNameTheField) {

@@ -256,7 +256,9 @@ TEST_F(ServerE2ETest, HotSwapUnderLoadNeverFailsAndUsesOneVersion) {
   const auto ref2 = OfflineGreedy(prompt, v2, 0, 16);
   ASSERT_NE(ref1, ref2);
   testing::WriteRandomAdapter(store_ + "/swap", 8, 101);
-  StartServer();
+  // Two step loops: a swap must hold in each of them.
+  StartServer({"--threads", "2", "--lanes", "2"});
+  ASSERT_NE(server_->Log().find("in 2 lanes of 1 thread"), std::string::npos) << server_->Log();
 
   std::atomic<bool> stop{false};
   std::atomic<int> ok{0}, failed{0}, matched1{0}, matched2{0}, inconsistent{0};
@@ -385,11 +387,17 @@ TEST_F(ServerE2ETest, LogSaysWhereItListensAndHelpIsTruthful) {
   std::string help;
   ASSERT_EQ(testing::RunCommand(std::string(EORA_SERVER_BIN) + " --help", &help), 0);
   for (const char* flag : {"--model", "--compressed", "--adapter-store", "--listen", "--http-listen",
-                           "--threads", "--max-queue", "--grace-period-s"})
+                           "--threads", "--lanes", "--max-queue", "--grace-period-s"})
     EXPECT_NE(help.find(flag), std::string::npos) << flag;
   std::string err;
   EXPECT_EQ(testing::RunCommand(std::string(EORA_SERVER_BIN) + " --adapter-store /tmp 2>&1", &err), 2);
   EXPECT_NE(err.find("--model"), std::string::npos);
+  EXPECT_EQ(testing::RunCommand(std::string(EORA_SERVER_BIN) + " --model " +
+                                    eora::testing::Stories260kPath() + " --adapter-store " + store_ +
+                                    " --threads 2 --lanes 3 2>&1",
+                                &err),
+            2);
+  EXPECT_NE(err.find("--lanes must be between 0 (automatic) and --threads"), std::string::npos) << err;
 }
 
 TEST_F(ServerE2ETest, ServesACompressedBaseModel) {
