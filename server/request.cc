@@ -18,7 +18,7 @@ bool RequestState::Poll(absl::Duration timeout, GenerateUpdate* out) {
   return true;
 }
 
-void RequestState::Push(const std::vector<int>& tokens, const std::string& text) {
+bool RequestState::Push(const std::vector<int>& tokens, const std::string& text) {
   bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -33,6 +33,7 @@ void RequestState::Push(const std::vector<int>& tokens, const std::string& text)
     }
   }
   if (wake) cv_.notify_all();
+  return wake;
 }
 
 void RequestState::Finish(GenerateUpdate final_update) {

@@ -83,7 +83,8 @@ class RequestState {
   void Cancel() { cancelled_.store(true); }
   bool cancelled() const { return cancelled_.load(); }
 
-  void Push(const std::vector<int>& tokens, const std::string& text);
+  // Returns whether it woke the handler.
+  bool Push(const std::vector<int>& tokens, const std::string& text);
   // Final fields (text/tokens in `final_update` are appended as a last delta).
   void Finish(GenerateUpdate final_update);
   bool finished() const;

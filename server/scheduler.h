@@ -145,6 +145,7 @@ class Scheduler {
     int64_t reserved_blocks = 0;           // guarded by mu_
     int gen_running = 0, gen_waiting = 0;  // guarded by mu_
     int64_t steps = 0;                     // guarded by mu_
+    int woken = 0;  // step thread: handlers woken in the current step
     std::thread thread;
   };
 
