@@ -1,6 +1,8 @@
 // Google Benchmark micro-benchmarks of the CPU matrix kernels: GEMV (decode) and
 // 64-row GEMM (prefill) for every weight format at the shapes of a 110M Llama
-// (dim 768, FFN 2048, vocab 32000), on 1 and 2 threads.
+// (dim 768, FFN 2048, vocab 32000), on 1 and 2 threads; and F32 decode batches
+// of 1, 4, 8 and 16 rows at the shapes of the bundled stories260K (dim 64, FFN
+// 172, vocab 512), where per-call overheads and register tiles dominate.
 //
 // Counters: bytes_per_second = StorageBytes() per product (weights streamed),
 // "GMAC/s" = multiply-accumulates per second.
@@ -89,6 +91,16 @@ int Register() {
               ->UseRealTime();
         }
       }
+    }
+  }
+  const Shape small[] = {{64, 64}, {172, 64}, {64, 172}, {512, 64}};
+  for (const Shape& s : small) {
+    for (int n : {1, 4, 8, 16}) {
+      const std::string name = "MatMul/f32/" + std::to_string(s.rows) + "x" + std::to_string(s.cols) +
+                               "/n" + std::to_string(n) + "/t1";
+      benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, kFormats[0], s.rows, s.cols, n, 1)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
     }
   }
   return 0;
