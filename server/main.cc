@@ -69,10 +69,12 @@ int main(int argc, char** argv) {
             "and its own threads; new requests go to the lane with the fewest sequences. 0 = one per "
             "thread for a model as small as stories260K (a step's products too small to split), "
             "else 1");
-  args.Flag("max-running", "N", "32", "sequences in one engine step (batch size)");
+  args.Flag("max-running", "N", "32", "sequences in one engine step (batch size); with several lanes, in all lanes together");
   args.Flag("max-queue", "N", "256", "requests waiting to join the batch before RESOURCE_EXHAUSTED");
   args.Flag("max-step-tokens", "N", "512", "token budget of one step (decode + prefill chunks)");
-  args.Flag("kv-cache-tokens", "N", "0", "KV cache positions in total; 0 = max-running x context");
+  args.Flag("kv-cache-tokens", "N", "0",
+            "KV cache positions in total, divided among the lanes (a request must fit one lane's share); "
+            "0 = max-running x context");
   args.Flag("default-max-new-tokens", "N", "128", "max_new_tokens when a request leaves it 0");
   args.Flag("stream-interval", "N", "1", "GenerateStream: one message per N tokens (the first token at once), like vLLM's --stream-interval");
   args.Flag("device-cache-mb", "MB", "256", "byte budget of the DEVICE adapter tier (RAM on CPU), MiB");
