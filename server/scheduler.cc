@@ -196,6 +196,10 @@ void Scheduler::Drain(absl::Duration grace) {
 
 SchedulerStats Scheduler::Stats() const {
   std::lock_guard<std::mutex> lock(mu_);
+  return StatsLocked();
+}
+
+SchedulerStats Scheduler::StatsLocked() const {
   SchedulerStats s;
   s.waiting = static_cast<int>(waiting_.size());
   int64_t reserved = 0, total = 0;
@@ -217,21 +221,9 @@ SchedulerStats Scheduler::Stats() const {
 
 void Scheduler::PublishLocked() {
   if (!metrics_) return;
-  std::set<std::string> run, wait;
-  int running = 0, waiting = static_cast<int>(waiting_.size());
-  int64_t reserved = 0, total = 0;
-  for (const auto& lane : lanes_) {
-    running += lane->gen_running;
-    waiting += lane->gen_waiting;
-    reserved += lane->reserved_blocks;
-    total += lane->gen->cache().total_blocks();
-    for (const auto& [id, j] : lane->running)
-      if (j->req.adapter) run.insert(j->req.adapter.id());
-  }
-  for (const auto& [seq, j] : waiting_)
-    if (j->req.adapter) wait.insert(j->req.adapter.id());
-  metrics_->SetSchedulerState(running, waiting, total > 0 ? static_cast<double>(reserved) / total : 0);
-  metrics_->SetLoraInfo(run, wait, options_.max_running);
+  const SchedulerStats s = StatsLocked();
+  metrics_->SetSchedulerState(s.running, s.waiting, s.kv_cache_usage);
+  metrics_->SetLoraInfo(s.running_adapters, s.waiting_adapters, options_.max_running);
 }
 
 bool Scheduler::ShouldAdmitLocked(const Lane& lane, int64_t need) const {

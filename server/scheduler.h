@@ -157,6 +157,7 @@ class Scheduler {
   void FinishJob(Job* j, const GenerationResult* result, absl::Status status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t BlocksFor(const Job& j) const;
+  SchedulerStats StatsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::unique_ptr<Generator> MakeGenerator(const Lane& lane) const;
 
