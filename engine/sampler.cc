@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -17,32 +19,39 @@ absl::Status SamplingParams::Validate() const {
   return absl::OkStatus();
 }
 
+namespace {
+typedef float ArgV __attribute__((vector_size(64)));
+typedef int32_t ArgI __attribute__((vector_size(64)));
+}  // namespace
+
+// Sixteen independent running maxima (lane j sees indices = j mod 16), then the
+// largest of them with the smallest index on ties: the first maximum, as a
+// single scan finds it, without a dependent compare per element (a greedy step
+// of a 32000-token vocabulary was ~50 us of scalar compares per sequence). NaNs
+// are never greater than anything and are skipped, as in a single scan (which
+// returns 0 when logits[0] is NaN, or when nothing beats logits[0]). Compiled
+// for several ISAs; the loader picks one (GCC target_clones).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 int Argmax(const float* logits, int vocab) {
-  // Eight independent running maxima (lane j sees indices = j mod 8), then the
-  // largest of them with the smallest index on ties: the first maximum, as a
-  // single scan finds it, without a dependent compare per element. NaNs are
-  // never greater than anything and are skipped, as in a single scan (which
-  // returns 0 when logits[0] is NaN, or when nothing beats logits[0]).
-  constexpr int kL = 8;
+  constexpr int kL = 16;
   if (vocab < 2 * kL || std::isnan(logits[0])) {
     int best = 0;
     for (int i = 1; i < vocab; ++i)
       if (logits[i] > logits[best]) best = i;
     return best;
   }
-  float bv[kL];
-  int bi[kL];
-  for (int j = 0; j < kL; ++j) {
-    bv[j] = -INFINITY;
-    bi[j] = vocab;  // none yet
-  }
+  ArgV bv = ArgV{} - INFINITY;
+  ArgI bi = ArgI{} + vocab;  // none yet
+  ArgI idx = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   int i = 0;
-  for (; i + kL <= vocab; i += kL)
-    for (int j = 0; j < kL; ++j)
-      if (logits[i + j] > bv[j]) {
-        bv[j] = logits[i + j];
-        bi[j] = i + j;
-      }
+  for (; i + kL <= vocab; i += kL) {
+    ArgV v;
+    std::memcpy(&v, logits + i, sizeof(v));
+    const ArgI gt = v > bv;
+    bv = gt ? v : bv;
+    bi = gt ? idx : bi;
+    idx += kL;
+  }
   for (int j = 0; i + j < vocab; ++j)
     if (logits[i + j] > bv[j]) {
       bv[j] = logits[i + j];

@@ -127,7 +127,7 @@ TEST(Sampler, GreedyAndSeeded) {
 TEST(Sampler, ArgmaxIsTheFirstMaximum) {
   std::mt19937 rng(3);
   std::uniform_int_distribution<int> small(-3, 3);  // many ties
-  for (int vocab : {1, 2, 7, 15, 16, 17, 31, 512, 1001}) {
+  for (int vocab : {1, 2, 7, 15, 16, 17, 31, 32, 33, 47, 48, 63, 512, 1001, 32000}) {
     for (int trial = 0; trial < 50; ++trial) {
       std::vector<float> v(vocab);
       for (auto& x : v) x = static_cast<float>(small(rng));
