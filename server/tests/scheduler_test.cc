@@ -39,7 +39,9 @@ GenerateUpdate Collect(const std::shared_ptr<RequestState>& st, absl::Duration l
   return all;
 }
 
-class SchedulerTest : public ::testing::Test {
+// Every test runs with one step loop and with two (lanes), unless it sets lanes
+// itself (or max_running 1, which leaves one lane).
+class SchedulerTest : public ::testing::TestWithParam<int> {
  protected:
   static void SetUpTestSuite() {
     store_ = new std::string(eora::testing::MakeTempDir("eora-sched-store"));
@@ -53,6 +55,7 @@ class SchedulerTest : public ::testing::Test {
     delete store_;
   }
   void Make(SchedulerOptions so = {}, ServingCoreOptions co = {}) {
+    if (so.lanes == 1) so.lanes = GetParam();
     prom_ = std::make_shared<prometheus::Registry>();
     metrics_ = std::make_unique<ServerMetrics>(prom_);
     AdapterRegistryOptions ro;
@@ -85,7 +88,7 @@ class SchedulerTest : public ::testing::Test {
 };
 std::string* SchedulerTest::store_ = nullptr;
 
-TEST_F(SchedulerTest, GreedyTokensMatchTheOfflineEngine) {
+TEST_P(SchedulerTest, GreedyTokensMatchTheOfflineEngine) {
   Make();
   GenerateParams p;
   p.prompt = "Once upon a time";
@@ -105,7 +108,7 @@ TEST_F(SchedulerTest, GreedyTokensMatchTheOfflineEngine) {
   EXPECT_NE(ad.tokens, base.tokens) << "the test adapter must change the output";
 }
 
-TEST_F(SchedulerTest, SixteenConcurrentRequestsWithMixedAdaptersAndRanks) {
+TEST_P(SchedulerTest, SixteenConcurrentRequestsWithMixedAdaptersAndRanks) {
   Make();
   RunSixteenMixed();
   EXPECT_GT(scheduler_->Stats().steps, 0);
@@ -113,7 +116,7 @@ TEST_F(SchedulerTest, SixteenConcurrentRequestsWithMixedAdaptersAndRanks) {
 
 // Two step loops (lanes), each with its own model copy and KV cache share:
 // the same tokens, and both loops take part.
-TEST_F(SchedulerTest, LanesGiveTheSameTokensAndShareTheWork) {
+TEST_P(SchedulerTest, LanesGiveTheSameTokensAndShareTheWork) {
   SchedulerOptions so;
   so.lanes = 2;
   so.max_running = 16;
@@ -130,7 +133,7 @@ TEST_F(SchedulerTest, LanesGiveTheSameTokensAndShareTheWork) {
 
 // A request that fits the whole cache but not one lane's share is refused with
 // a message that says so.
-TEST_F(SchedulerTest, LanesSplitTheKvCache) {
+TEST_P(SchedulerTest, LanesSplitTheKvCache) {
   SchedulerOptions so;
   so.lanes = 2;
   so.kv_cache_tokens = 256;  // 128 positions per lane
@@ -183,7 +186,7 @@ void SchedulerTest::RunSixteenMixed() {
   EXPECT_GE(distinct.size(), 12u) << "adapters/ranks should give different outputs";
 }
 
-TEST_F(SchedulerTest, ErrorsNameTheField) {
+TEST_P(SchedulerTest, ErrorsNameTheField) {
   ServingCoreOptions co;
   co.max_new_tokens_limit = 1000;
   Make({}, co);
@@ -225,7 +228,7 @@ TEST_F(SchedulerTest, ErrorsNameTheField) {
   EXPECT_NE(code(p).message().find("adapter_id"), std::string::npos);
 }
 
-TEST_F(SchedulerTest, FullQueueIsResourceExhaustedWithAReason) {
+TEST_P(SchedulerTest, FullQueueIsResourceExhaustedWithAReason) {
   SchedulerOptions so;
   so.max_running = 1;
   so.max_queue = 2;
@@ -250,7 +253,7 @@ TEST_F(SchedulerTest, FullQueueIsResourceExhaustedWithAReason) {
             std::string::npos);
 }
 
-TEST_F(SchedulerTest, CancellationAndDeadlinesFreeTheKvCache) {
+TEST_P(SchedulerTest, CancellationAndDeadlinesFreeTheKvCache) {
   Make();
   GenerateParams p;
   p.prompt = "Once upon a time";
@@ -275,7 +278,7 @@ TEST_F(SchedulerTest, CancellationAndDeadlinesFreeTheKvCache) {
   EXPECT_EQ(scheduler_->Stats().kv_cache_usage, 0);
 }
 
-TEST_F(SchedulerTest, HigherPriorityJoinsFirst) {
+TEST_P(SchedulerTest, HigherPriorityJoinsFirst) {
   SchedulerOptions so;
   so.max_running = 1;
   Make(so);
@@ -306,7 +309,7 @@ TEST_F(SchedulerTest, HigherPriorityJoinsFirst) {
   Collect(first);
 }
 
-TEST_F(SchedulerTest, StopStringsAndStopTokens) {
+TEST_P(SchedulerTest, StopStringsAndStopTokens) {
   Make();
   GenerateParams p;
   p.prompt = "Once upon a time";
@@ -325,7 +328,7 @@ TEST_F(SchedulerTest, StopStringsAndStopTokens) {
   EXPECT_EQ(st.tokens, std::vector<int>(full.tokens.begin(), full.tokens.begin() + 3));
 }
 
-TEST_F(SchedulerTest, QualityFloorPicksTheSmallestRankThatMeetsIt) {
+TEST_P(SchedulerTest, QualityFloorPicksTheSmallestRankThatMeetsIt) {
   Make();
   GenerateParams p;
   p.prompt = "Once";
@@ -337,7 +340,7 @@ TEST_F(SchedulerTest, QualityFloorPicksTheSmallestRankThatMeetsIt) {
   EXPECT_EQ(Collect(Start(p)).rank_used, 16);
 }
 
-TEST_F(SchedulerTest, DrainFinishesInFlightAndRefusesNewWork) {
+TEST_P(SchedulerTest, DrainFinishesInFlightAndRefusesNewWork) {
   Make();
   GenerateParams p;
   p.prompt = "Once upon a time";
@@ -354,7 +357,7 @@ TEST_F(SchedulerTest, DrainFinishesInFlightAndRefusesNewWork) {
   EXPECT_EQ(u.generated_tokens, 30);
 }
 
-TEST_F(SchedulerTest, DrainCancelsWhatOutlivesTheGracePeriod) {
+TEST_P(SchedulerTest, DrainCancelsWhatOutlivesTheGracePeriod) {
   Make();
   GenerateParams p;
   p.prompt = "Once upon a time";
@@ -366,6 +369,11 @@ TEST_F(SchedulerTest, DrainCancelsWhatOutlivesTheGracePeriod) {
   EXPECT_EQ(u.status.code(), absl::StatusCode::kUnavailable);
   EXPECT_LT(u.generated_tokens, 2000);
 }
+
+INSTANTIATE_TEST_SUITE_P(Lanes, SchedulerTest, ::testing::Values(1, 2),
+                         [](const ::testing::TestParamInfo<int>& i) {
+                           return std::to_string(i.param) + "lane" + (i.param > 1 ? "s" : "");
+                         });
 
 TEST(Utf8Test, CompletePrefixAndSanitize) {
   const std::string s = "a\xC3\xA9\xE2\x82";  // a, é, start of €
