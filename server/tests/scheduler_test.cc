@@ -119,14 +119,33 @@ TEST_P(SchedulerTest, SixteenConcurrentRequestsWithMixedAdaptersAndRanks) {
 TEST_P(SchedulerTest, LanesGiveTheSameTokensAndShareTheWork) {
   SchedulerOptions so;
   so.lanes = 2;
-  so.max_running = 16;
+  so.max_running = 16;  // 8 per lane
   Make(so);
   RunSixteenMixed();
-  const SchedulerStats st = scheduler_->Stats();
+  // Both lanes run: 16 long requests can all start (a first token each) only
+  // when each lane holds 8 of them. (Which lane served the short ones above
+  // depends on the machine: one lane may finish 8 before the other first runs.)
+  GenerateParams p;
+  p.prompt = "Once";
+  p.max_new_tokens = 1500;
+  p.ignore_eos = true;
+  std::vector<std::shared_ptr<RequestState>> started;
+  for (int i = 0; i < 16; ++i) started.push_back(Start(p));
+  const absl::Time until = absl::Now() + absl::Seconds(60);
+  for (auto& r : started) {
+    GenerateUpdate u;
+    while (!r->Poll(absl::Milliseconds(50), &u) && absl::Now() < until) {}
+    ASSERT_FALSE(u.tokens.empty()) << "a request did not start";
+  }
+  SchedulerStats st = scheduler_->Stats();
   ASSERT_EQ(st.lane_steps.size(), 2u);
   EXPECT_GT(st.lane_steps[0], 0);
   EXPECT_GT(st.lane_steps[1], 0);
   EXPECT_EQ(st.steps, st.lane_steps[0] + st.lane_steps[1]);
+  EXPECT_GT(st.kv_cache_usage, 0);
+  for (auto& r : started) r->Cancel();
+  for (auto& r : started) EXPECT_EQ(Collect(r).finish_reason, "cancelled");
+  st = scheduler_->Stats();
   EXPECT_EQ(st.running, 0);
   EXPECT_EQ(st.kv_cache_usage, 0);
 }
