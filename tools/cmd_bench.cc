@@ -1,7 +1,10 @@
 #include <algorithm>
+#include <barrier>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <random>
+#include <thread>
 
 #include "engine/model.h"
 #include "engine/model_loader.h"
@@ -22,6 +25,36 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// One lane of the benchmark: a model on its own thread pool, its KV cache and
+// its share of the sequences.
+struct BenchLane {
+  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<KvCache> cache;
+  int64_t batch = 0;
+  std::mt19937 rng;
+  std::vector<float> logits;
+  std::vector<KvSequence> seqs;
+  std::vector<std::vector<int>> prompts;
+  std::vector<SequenceChunk> chunks;
+  absl::Status status;
+};
+
+// Fresh sequences of `len` random tokens in every chunk of the lane.
+void NewPrompts(BenchLane* l, int64_t len, const LowRankAdapter* adapter, int rank, int vocab) {
+  std::uniform_int_distribution<int> tok(3, vocab - 1);
+  for (auto& s : l->seqs) l->cache->Free(&s);
+  l->seqs.clear();
+  l->chunks.clear();
+  l->prompts.assign(static_cast<size_t>(l->batch), {});
+  l->seqs.reserve(static_cast<size_t>(l->batch));
+  for (int64_t b = 0; b < l->batch; ++b) {
+    for (int64_t i = 0; i < len; ++i) l->prompts[b].push_back(tok(l->rng));
+    l->seqs.push_back(l->cache->NewSequence());
+    l->chunks.push_back({&l->seqs.back(), l->prompts[b], adapter, rank, LogitsMode::kLast});
+  }
+}
+
 }  // namespace
 
 int RunBench(int argc, char** argv) {
@@ -30,7 +63,9 @@ int RunBench(int argc, char** argv) {
             "Measures prefill and decode speed. Prefill: each of --batch sequences feeds\n"
             "--prompt-tokens random tokens in one forward step. Decode: then --gen-tokens\n"
             "steps of one token per sequence, after the prompt or (--decode-context) in\n"
-            "fresh sequences. Reports the median of --reps runs.\n"
+            "fresh sequences. Reports the median of --reps runs. With --lanes L, L independent\n"
+            "models (shared weights) on threads / L threads each decode batch / L sequences\n"
+            "at the same time, as eora-server's lanes do; the rates are of all lanes together.\n"
             "weight_bytes is the bytes of weights (and adapter factors) read per decode step.");
   args.Flag("model", "PATH", "", "a .gguf file or Hugging Face directory (or use --synthetic)");
   args.Flag("synthetic", "NAME", "", "random weights with the shapes of stories260k, stories110m, llama2-7b or llama3-8b");
@@ -41,6 +76,7 @@ int RunBench(int argc, char** argv) {
   args.Flag("lora-bits", "32|16|4|3", "16", "adapter factor storage");
   args.Flag("batch", "B", "1", "sequences decoded together");
   args.Flag("threads", "N", DefaultThreadsString(), "worker threads");
+  args.Flag("lanes", "L", "1", "independent models side by side (at most --threads and --batch)");
   args.Flag("prompt-tokens", "P", "64", "prompt length per sequence");
   args.Flag("gen-tokens", "G", "128", "decode steps");
   args.Flag("decode-context", "C", "-1",
@@ -53,10 +89,11 @@ int RunBench(int argc, char** argv) {
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
   std::string err;
-  int64_t group, rank, lora_bits, batch, threads, ptoks, gtoks, reps, seed, dctx, bits = 0;
+  int64_t group, rank, lora_bits, batch, threads, lanes, ptoks, gtoks, reps, seed, dctx, bits = 0;
   if (!args.Int("group-size", &group, &err) || !args.Int("lora-rank", &rank, &err) ||
       !args.Int("lora-bits", &lora_bits, &err) || !args.Int("batch", &batch, &err) ||
-      !args.Int("threads", &threads, &err) || !args.Int("prompt-tokens", &ptoks, &err) ||
+      !args.Int("threads", &threads, &err) || !args.Int("lanes", &lanes, &err) ||
+      !args.Int("prompt-tokens", &ptoks, &err) ||
       !args.Int("gen-tokens", &gtoks, &err) || !args.Int("reps", &reps, &err) ||
       !args.Int("decode-context", &dctx, &err) ||
       !args.Int("seed", &seed, &err) || (args.Has("bits") && !args.Int("bits", &bits, &err)))
@@ -69,6 +106,8 @@ int RunBench(int argc, char** argv) {
     return UsageError(cmd, "--batch, --threads, --prompt-tokens, --reps must be >= 1; "
                            "--gen-tokens, --lora-rank >= 0");
   if (dctx < -1) return UsageError(cmd, "--decode-context must be -1, 0 or a token count");
+  if (lanes < 1 || lanes > threads || lanes > batch)
+    return UsageError(cmd, "--lanes must be between 1 and both --threads and --batch");
   if (group < 0 || group % 32 != 0) return UsageError(cmd, "--group-size must be 0 or a multiple of 32");
 
   std::shared_ptr<const ModelWeights> weights;
@@ -113,86 +152,93 @@ int RunBench(int argc, char** argv) {
     adapter = *a;
   }
 
-  ThreadPool pool(static_cast<int>(threads));
-  Model model(weights, &pool);
-  KvCache cache(c, batch * (std::max(ptoks, decode_start + gtoks) + 2 * KvCache::kBlockTokens));
-  std::mt19937 rng(static_cast<uint32_t>(seed));
-  std::uniform_int_distribution<int> tok(3, c.vocab_size - 1);
+  std::vector<BenchLane> ls(static_cast<size_t>(lanes));
+  for (int64_t i = 0; i < lanes; ++i) {
+    BenchLane& l = ls[i];
+    l.batch = batch / lanes + (i < batch % lanes ? 1 : 0);
+    l.pool = std::make_unique<ThreadPool>(static_cast<int>(threads / lanes));
+    l.model = std::make_unique<Model>(weights, l.pool.get());
+    l.cache = std::make_unique<KvCache>(
+        c, l.batch * (std::max(ptoks, decode_start + gtoks) + 2 * KvCache::kBlockTokens));
+    l.rng.seed(static_cast<uint32_t>(seed + 1000 * i));
+  }
   std::vector<double> prefill_s, decode_s;
-  std::vector<float> logits;
   // Warm-up runs (not timed) until 0.3 s have passed: caches, page faults, clock
   // speed, and the BLAS threads that the linked compressor library spins up at
   // process start (they busy-wait ~0.1 s on the other cores before sleeping).
   const auto warm_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
   bool warming = true;
+  const int r = static_cast<int>(rank);
   for (int64_t rep = 0; rep < reps; ++rep) {
-    std::vector<KvSequence> seqs;
-    std::vector<std::vector<int>> prompts(batch);
-    seqs.reserve(batch);
-    std::vector<SequenceChunk> chunks;
-    for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t i = 0; i < ptoks; ++i) prompts[b].push_back(tok(rng));
-      seqs.push_back(cache.NewSequence());
-      chunks.push_back({&seqs.back(), prompts[b], adapter.get(), static_cast<int>(rank),
-                        LogitsMode::kLast});
-    }
-    const auto t0 = std::chrono::steady_clock::now();
-    if (absl::Status s = model.Forward(chunks, &cache, &logits); !s.ok()) return Fail(cmd, s);
-    auto t1 = std::chrono::steady_clock::now();
-    if (dctx >= 0) {
-      // Decode in fresh sequences holding dctx tokens (prefilled untimed).
-      for (auto& s : seqs) cache.Free(&s);
-      seqs.clear();
-      chunks.clear();
-      for (int64_t b = 0; b < batch; ++b) {
-        prompts[b].resize(static_cast<size_t>(dctx));
-        for (int& t : prompts[b]) t = tok(rng);
-        seqs.push_back(cache.NewSequence());
-        chunks.push_back({&seqs.back(), prompts[b], adapter.get(), static_cast<int>(rank),
-                          LogitsMode::kLast});
+    // Each lane runs the phases on its own thread (lane 0 on this one); the
+    // barriers line the phases up, and this thread takes the times at them.
+    std::chrono::steady_clock::time_point t0, tp, td, t2;
+    std::barrier sync(static_cast<std::ptrdiff_t>(lanes));
+    auto run = [&](BenchLane* l, bool timer) {
+      NewPrompts(l, ptoks, adapter.get(), r, c.vocab_size);
+      sync.arrive_and_wait();
+      if (timer) t0 = std::chrono::steady_clock::now();
+      if (l->status.ok()) l->status = l->model->Forward(l->chunks, l->cache.get(), &l->logits);
+      sync.arrive_and_wait();
+      if (timer) tp = td = std::chrono::steady_clock::now();
+      if (dctx >= 0) {
+        // Decode in fresh sequences holding dctx tokens (prefilled untimed).
+        NewPrompts(l, dctx, adapter.get(), r, c.vocab_size);
+        if (dctx > 0 && l->status.ok())
+          l->status = l->model->Forward(l->chunks, l->cache.get(), &l->logits);
+        sync.arrive_and_wait();
+        if (timer) td = std::chrono::steady_clock::now();
       }
-      if (dctx > 0)
-        if (absl::Status s = model.Forward(chunks, &cache, &logits); !s.ok()) return Fail(cmd, s);
-      t1 = std::chrono::steady_clock::now();
-    }
-    std::vector<int> next(batch);
-    for (int64_t g = 0; g < gtoks; ++g) {
-      for (int64_t b = 0; b < batch; ++b) {
-        next[b] = tok(rng);
-        chunks[b].tokens = std::span<const int>(&next[b], 1);
+      std::uniform_int_distribution<int> tok(3, c.vocab_size - 1);
+      std::vector<int> next(static_cast<size_t>(l->batch));
+      for (int64_t g = 0; g < gtoks && l->status.ok(); ++g) {
+        for (int64_t b = 0; b < l->batch; ++b) {
+          next[b] = tok(l->rng);
+          l->chunks[b].tokens = std::span<const int>(&next[b], 1);
+        }
+        l->status = l->model->Forward(l->chunks, l->cache.get(), &l->logits);
       }
-      if (absl::Status s = model.Forward(chunks, &cache, &logits); !s.ok()) return Fail(cmd, s);
-    }
-    const auto t2 = std::chrono::steady_clock::now();
-    for (auto& s : seqs) cache.Free(&s);
+      sync.arrive_and_wait();
+      if (timer) t2 = std::chrono::steady_clock::now();
+      for (auto& s : l->seqs) l->cache->Free(&s);
+      l->seqs.clear();
+    };
+    std::vector<std::thread> others;
+    for (int64_t i = 1; i < lanes; ++i) others.emplace_back(run, &ls[i], false);
+    run(&ls[0], true);
+    for (auto& t : others) t.join();
+    for (const BenchLane& l : ls)
+      if (!l.status.ok()) return Fail(cmd, l.status);
     if (warming) {
       warming = std::chrono::steady_clock::now() < warm_until;
       --rep;
       continue;
     }
-    prefill_s.push_back(Seconds(t0, t1));
-    decode_s.push_back(Seconds(t1, t2));
+    prefill_s.push_back(Seconds(t0, tp));
+    decode_s.push_back(Seconds(td, t2));
   }
   const double pre = static_cast<double>(batch * ptoks) / Median(prefill_s);
   const double dec = gtoks > 0 ? static_cast<double>(batch * gtoks) / Median(decode_s) : 0.0;
   const size_t wbytes = weights->DecodeBytesPerToken() + (adapter ? adapter->BytesPerToken(rank) : 0);
-  const double steps_per_s = dec / static_cast<double>(batch);
+  // Every lane reads the weights once per step of its own.
+  const double steps_per_s = dec / static_cast<double>(batch) * static_cast<double>(lanes);
   const double gbs = steps_per_s * static_cast<double>(wbytes) / 1e9;
   const std::string fmt = weights->layers[0].linear[0]->Describe();
   if (args.Has("json")) {
     std::printf(
-        "{\"model\": \"%s\", \"format\": \"%s\", \"batch\": %lld, \"threads\": %lld, "
+        "{\"model\": \"%s\", \"format\": \"%s\", \"batch\": %lld, \"threads\": %lld, \"lanes\": %lld, "
         "\"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"decode_context\": %lld, \"lora_rank\": %lld, \"lora_bits\": %lld, "
         "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, \"weight_bytes\": %zu, "
         "\"decode_gb_s\": %.3f, \"isa\": \"%s\"}\n",
         name.c_str(), fmt.c_str(), static_cast<long long>(batch), static_cast<long long>(threads),
-        static_cast<long long>(ptoks), static_cast<long long>(gtoks),
+        static_cast<long long>(lanes), static_cast<long long>(ptoks), static_cast<long long>(gtoks),
         static_cast<long long>(decode_start), static_cast<long long>(rank),
         static_cast<long long>(lora_bits), pre, dec, wbytes, gbs, KernelIsaName());
   } else {
-    std::printf("%-14s %-12s batch %-3lld threads %-2lld rank %-4lld prefill %9.1f tok/s  decode %9.1f tok/s  weights %8.2f MB/token  %6.2f GB/s  [%s]\n",
+    const std::string lane_col = lanes > 1 ? " lanes " + std::to_string(lanes) : "";
+    std::printf("%-14s %-12s batch %-3lld threads %-2lld%s rank %-4lld prefill %9.1f tok/s  decode %9.1f tok/s  weights %8.2f MB/token  %6.2f GB/s  [%s]\n",
                 name.c_str(), fmt.c_str(), static_cast<long long>(batch),
-                static_cast<long long>(threads), static_cast<long long>(rank), pre, dec,
+                static_cast<long long>(threads), lane_col.c_str(), static_cast<long long>(rank), pre, dec,
                 static_cast<double>(wbytes) / 1e6, gbs, KernelIsaName());
   }
   return 0;

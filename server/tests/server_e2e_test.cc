@@ -431,5 +431,22 @@ TEST_F(ServerE2ETest, ServesACompressedBaseModel) {
   EXPECT_EQ(server_->Terminate(), 0);
 }
 
+// `eora bench --lanes` measures the engine the way the server's lanes run it:
+// independent models side by side, each with its share of the sequences.
+TEST_F(ServerE2ETest, EngineBenchRunsLanesLikeTheServer) {
+  const std::string bench = std::string(EORA_CLI_BIN) + " bench --model " +
+                            eora::testing::Stories260kPath() +
+                            " --prompt-tokens 4 --gen-tokens 8 --reps 1 --json --threads 2";
+  std::string out;
+  ASSERT_EQ(testing::RunCommand(bench + " --lanes 2 --batch 5", &out), 0) << out;
+  EXPECT_NE(out.find("\"lanes\": 2"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"batch\": 5"), std::string::npos) << out;
+  EXPECT_EQ(out.find("\"decode_tok_s\": 0.00"), std::string::npos) << out;
+  std::string err;
+  EXPECT_EQ(testing::RunCommand(bench + " --lanes 3 --batch 5 2>&1", &err), 2);
+  EXPECT_NE(err.find("--lanes must be between 1 and both --threads and --batch"), std::string::npos)
+      << err;
+}
+
 }  // namespace
 }  // namespace eora::server
