@@ -995,15 +995,15 @@ static int64_t LayerLinearMacs(const ModelConfig& c) {
          static_cast<int64_t>(c.q_dim()) * c.dim + 3 * static_cast<int64_t>(c.dim) * c.ffn_dim;
 }
 
-bool Model::SmallStep(int64_t tokens) const {
-  return tokens * LayerLinearMacs(weights_->config) < kShardMaxLayerWork;
+bool SmallStep(const ModelConfig& c, int64_t tokens) {
+  return tokens * LayerLinearMacs(c) < kShardMaxLayerWork;
 }
 
 int Model::ShardCount(std::span<const SequenceChunk> batch) const {
   if (pool_ == nullptr || pool_->num_threads() < 2 || batch.size() < 2) return 1;
   int64_t tokens = 0;
   for (const SequenceChunk& ch : batch) tokens += static_cast<int64_t>(ch.tokens.size());
-  if (!SmallStep(tokens)) return 1;
+  if (!SmallStep(weights_->config, tokens)) return 1;
   return static_cast<int>(std::min<size_t>(batch.size(), static_cast<size_t>(pool_->num_threads())));
 }
 

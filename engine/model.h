@@ -79,10 +79,6 @@ class Model {
                        std::vector<float>* logits);
   // Number of shards Forward would split `batch` into (1: not split).
   int ShardCount(std::span<const SequenceChunk> batch) const;
-  // Whether a step of `tokens` tokens is too small to repay splitting each product
-  // across threads (Forward then splits it by sequence). The server uses it to
-  // pick independent step loops for small models.
-  bool SmallStep(int64_t tokens) const;
 
   // ---- Layer-wise mode (calibration): whole sequences, one layer at a time.
   // hidden is [sum(seq_lengths)][dim]: the sequences back to back, each starting at
@@ -129,6 +125,11 @@ class Model {
   MatMulScratch mm_;
   LowRankScratch lr_;
 };
+
+// Whether a step of `tokens` tokens of a model of config `c` is too small to
+// repay splitting each product across threads (Model::Forward then splits it by
+// sequence). The server uses it to pick independent step loops for small models.
+bool SmallStep(const ModelConfig& c, int64_t tokens);
 
 // Converts [n][vocab] logits into log-probabilities of `targets` (double precision
 // log-sum-exp). Helper for perplexity and tests.

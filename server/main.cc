@@ -143,11 +143,9 @@ int main(int argc, char** argv) {
     weights = std::move(compressed);
   }
   auto shared = std::make_shared<eora::ModelWeights>(std::move(*weights));
-  if (lanes == 0) {
-    eora::ThreadPool probe(1);
-    lanes = eora::server::DefaultLanes(eora::Model(shared, &probe), static_cast<int>(threads),
+  if (lanes == 0)
+    lanes = eora::server::DefaultLanes(shared->config, static_cast<int>(threads),
                                        static_cast<int>(max_running));
-  }
   if (lanes > max_running) lanes = max_running;
   // With several lanes each has its own pool and model (the scheduler makes
   // them); this one only describes the model.

@@ -104,8 +104,8 @@ std::unique_ptr<Generator> Scheduler::MakeGenerator(const Lane& lane) const {
   return std::make_unique<Generator>(lane.model, g);
 }
 
-int DefaultLanes(const Model& model, int threads, int max_running) {
-  if (threads < 2 || max_running < 2 || !model.SmallStep(max_running)) return 1;
+int DefaultLanes(const ModelConfig& config, int threads, int max_running) {
+  if (threads < 2 || max_running < 2 || !SmallStep(config, max_running)) return 1;
   return std::min(threads, max_running);
 }
 
@@ -148,11 +148,9 @@ absl::StatusOr<std::shared_ptr<RequestState>> Scheduler::Submit(ScheduledRequest
     }
     if (static_cast<int>(policy_->size()) >= options_.max_queue) {
       if (metrics_) metrics_->RecordRejected("queue_full");
-      size_t running = 0;
-      for (const auto& lane : lanes_) running += lane->running.size();
       return absl::ResourceExhaustedError(absl::StrCat(
           "admission queue full: ", policy_->size(), " requests waiting (--max-queue ",
-          options_.max_queue, "), ", running, " running"));
+          options_.max_queue, "), ", RunningLocked(), " running"));
     }
     job->seq = next_seq_++;
     QueuedRequest q;
@@ -179,19 +177,20 @@ void Scheduler::Drain(absl::Duration grace) {
   draining_ = true;
   const absl::Time until = absl::Now() + grace;
   cv_.notify_all();
-  auto busy = [&] {
-    if (!waiting_.empty()) return true;
-    for (const auto& lane : lanes_)
-      if (!lane->running.empty()) return true;
-    return false;
-  };
-  while (busy() && absl::Now() < until) cv_.wait_for(lock, std::chrono::milliseconds(20));
+  while ((!waiting_.empty() || RunningLocked() > 0) && absl::Now() < until)
+    cv_.wait_for(lock, std::chrono::milliseconds(20));
   cancel_all_ = true;
   stop_ = true;
   cv_.notify_all();
   lock.unlock();
   for (auto& lane : lanes_)
     if (lane->thread.joinable()) lane->thread.join();
+}
+
+size_t Scheduler::RunningLocked() const {
+  size_t n = 0;
+  for (const auto& lane : lanes_) n += lane->running.size();
+  return n;
 }
 
 SchedulerStats Scheduler::Stats() const {

@@ -65,8 +65,8 @@ struct SchedulerOptions {
 };
 
 // Lanes for a server of `threads` engine threads: one per thread when a step of
-// max_running tokens is small for `model` (Model::SmallStep), else one.
-int DefaultLanes(const Model& model, int threads, int max_running);
+// max_running tokens is small for the model (SmallStep), else one.
+int DefaultLanes(const ModelConfig& config, int threads, int max_running);
 
 // A request ready for the engine: validated, tokenized, adapter pinned.
 struct ScheduledRequest {
@@ -158,6 +158,8 @@ class Scheduler {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t BlocksFor(const Job& j) const;
   SchedulerStats StatsLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sequences admitted into the lanes' Generators.
+  size_t RunningLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void PublishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::unique_ptr<Generator> MakeGenerator(const Lane& lane) const;
 
