@@ -220,6 +220,50 @@ TEST(MatrixTest, MatMulRowsAllFormatsIsasShapes) {
   }
 }
 
+// On the AVX-512 and AMX kernels, a quantized product of 8 or more activation rows
+// gives each row bits that do not depend on the other rows of the batch (the
+// weight-panel and tile kernels keep one accumulator per activation row and sum in
+// the same order), and the two ISAs give the same bits (on CPUs with AMX).
+TEST(MatrixTest, QuantRowsOfLargeBatchesIndependentOfTheBatch) {
+  IsaGuard guard;
+  std::vector<std::string> isas;
+  for (const std::string& isa : Isas())
+    if (isa == "avx512" || isa == "amx") isas.push_back(isa);
+  if (isas.empty()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  for (int bits : {2, 3, 4}) {
+    for (int group : {64, 0, 128}) {
+      for (const Shape& s : {Shape{40, 300}, Shape{17, 2270}, Shape{33, 129}}) {
+        SCOPED_TRACE(::testing::Message() << "b" << bits << " g" << group << " " << s.rows << "x" << s.cols);
+        std::mt19937 rng(bits * 100 + group + s.cols);
+        auto m = Build({Kind::kQuant, bits, group}, s.rows, s.cols, &rng);
+        const int n = 27, ldx = s.cols, ldy = s.rows;
+        const auto x = RandomVec(static_cast<size_t>(n) * ldx, &rng);
+        std::vector<float> first;
+        for (const std::string& isa : isas) {
+          ASSERT_TRUE(cpu::SetActiveIsa(isa));
+          MatMulScratch scratch;
+          std::vector<float> y(static_cast<size_t>(n) * ldy);
+          MatMul(*m, x.data(), n, ldx, y.data(), ldy, nullptr, &scratch);
+          // Sub-batches of 8, 9 and 10 rows at different offsets.
+          for (const auto& [t0, count] : {std::pair{0, 8}, std::pair{3, 9}, std::pair{17, 10}}) {
+            std::vector<float> ys(static_cast<size_t>(count) * ldy);
+            MatMul(*m, x.data() + static_cast<size_t>(t0) * ldx, count, ldx, ys.data(), ldy, nullptr, &scratch);
+            for (int t = 0; t < count; ++t)
+              for (int r = 0; r < s.rows; ++r)
+                ASSERT_EQ(ys[static_cast<size_t>(t) * ldy + r], y[static_cast<size_t>(t0 + t) * ldy + r])
+                    << isa << " t0=" << t0 << " count=" << count << " t=" << t << " r=" << r;
+          }
+          if (first.empty()) {
+            first = y;
+          } else {
+            ASSERT_EQ(y, first) << isa << " differs from " << isas[0];
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(MatrixTest, AccumulateTransposedAllFormats) {
   IsaGuard guard;
   for (const std::string& isa : Isas()) {

@@ -519,10 +519,147 @@ inline void PrefetchRows(const QuantView& w, int r, int count) {
   for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
 }
 
+// ---- Many activation rows: weight panels in VNNI layout -------------------------
+// The AMX kernel's arithmetic on the vector unit. Per panel of 16 weight rows, the
+// codes of each pair of blocks are unpacked and transposed once into
+// panel[p][k4] = codes 4k4..4k4+3 of the 16 rows (64 bytes, row i in dword i);
+// then for each activation row m, vpdpbusd with the 4 bytes q[m][64p + 4k4]
+// broadcast gives C[i][m], the exact int32 dot of the pair, in lane i. The epilogue
+// is AMX's, operation for operation: acc += float(C) * d[m][pair] (rounded) times
+// the pair's weight scale (fused), then the min term per group. So a row's result
+// is the same bits here and on the tiles, and independent of how rows are split.
+// Against the per-row kernel above (vpdpbusd, conversion and FMA per weight row,
+// activation row and pair) it issues one vpdpbusd per 16 x 64 multiply-adds with
+// one conversion per 16 rows; the panel costs an unpack and a transpose per
+// 16 rows and pair, shared by all activation rows.
+// Fewer activation rows take the per-row kernel: `eora-matmul-bench
+// --benchmark_filter='q[34]g64/2048x768/n'`, one thread, in-cache: at 6 rows the
+// two kernels tie (54-65 G multiply-adds/s), from 8 rows the panels win
+// (58-82 against 59-69; 16 rows: 114-119 against 60-73).
+constexpr int kPanelMinRows = 8;
+constexpr int kPanelTile = 12;    // activation rows per register tile (2 x 12 accumulators)
+
+// Codes of rows [r, r + nrows) in panel layout (rows past nrows, and a missing
+// second block of the last pair, read as zero codes).
+template <int kBits>
+void PackPanelVnni(const QuantView& w, int r, int nrows, int np, uint8_t* dst) {
+  constexpr int kBB = QuantBlockBytes(kBits);
+  const int full = w.blocks / 2;
+  const uint8_t* rows[16];
+  for (int i = 0; i < 16; ++i) rows[i] = w.codes + static_cast<size_t>(r + (i < nrows ? i : 0)) * w.row_bytes;
+  for (int p = 0; p < np; ++p) {
+    __m512 v[16];
+    EORA_UNROLL for (int i = 0; i < 16; ++i) {
+      if (i >= nrows) {
+        v[i] = _mm512_setzero_ps();
+      } else if (p < full) {
+        v[i] = _mm512_castsi512_ps(UnpackPair<kBits>(rows[i] + 2 * static_cast<size_t>(p) * kBB));
+      } else {
+        v[i] = _mm512_castsi512_ps(_mm512_zextsi256_si512(UnpackOne<kBits>(rows[i] + 2 * static_cast<size_t>(p) * kBB)));
+      }
+    }
+    Transpose16(v);  // dword k4 of row i -> lane i of v[k4]
+    EORA_UNROLL for (int k4 = 0; k4 < 16; ++k4)
+      _mm512_store_ps(reinterpret_cast<float*>(dst + 1024 * static_cast<size_t>(p) + 64 * k4), v[k4]);
+  }
+}
+
+// c[m] += the dots of kK4 dwords of one pair of the panel with activation row m.
+template <int kM, int kK4>
+inline void PanelDots(const uint8_t* pp, const int8_t* const* q, size_t off, __m512i* c) {
+  EORA_UNROLL for (int k4 = 0; k4 < kK4; ++k4) {
+    const __m512i wv = _mm512_load_si512(pp + 64 * k4);
+    EORA_UNROLL for (int m = 0; m < kM; ++m) {
+      int32_t a;
+      std::memcpy(&a, q[m] + off + 4 * k4, 4);
+      c[m] = _mm512_dpbusd_epi32(c[m], wv, _mm512_set1_epi32(a));
+    }
+  }
+}
+
+// kM activation rows from t0 against one panel: y[t0 + m][r + i] for i < nrows.
+template <int kM>
+void PanelTileVnni(const QActView& x, const uint8_t* panel, const float* spair, const float* mins, int np,
+                   int half_last, int groups, float* y, int ldy, int r, __mmask16 store_mask, int t0) {
+  const int8_t* q[kM];
+  const float* d[kM];
+  EORA_UNROLL for (int m = 0; m < kM; ++m) {
+    q[m] = x.q + static_cast<size_t>(t0 + m) * x.padded_cols;
+    d[m] = x.d + static_cast<size_t>(t0 + m) * x.nb;
+  }
+  __m512 acc[kM];
+  EORA_UNROLL for (int m = 0; m < kM; ++m) acc[m] = _mm512_setzero_ps();
+  for (int p = 0; p < np; ++p) {
+    const uint8_t* pp = panel + 1024 * static_cast<size_t>(p);
+    __m512i c[kM];
+    EORA_UNROLL for (int m = 0; m < kM; ++m) c[m] = _mm512_setzero_si512();
+    if (p == np - 1 && half_last) {  // a lone last block: 32 codes
+      PanelDots<kM, 8>(pp, q, 64 * static_cast<size_t>(p), c);
+    } else {
+      PanelDots<kM, 16>(pp, q, 64 * static_cast<size_t>(p), c);
+    }
+    const __m512 sv = _mm512_load_ps(spair + 16 * static_cast<size_t>(p));
+    EORA_UNROLL for (int m = 0; m < kM; ++m) {
+      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(c[m]), _mm512_set1_ps(d[m][2 * p]));
+      acc[m] = _mm512_fmadd_ps(v, sv, acc[m]);
+    }
+  }
+  for (int g = 0; g < groups; ++g) {
+    const __m512 mv = _mm512_load_ps(mins + 16 * static_cast<size_t>(g));
+    EORA_UNROLL for (int m = 0; m < kM; ++m)
+      acc[m] = _mm512_fmadd_ps(mv, _mm512_set1_ps(x.gsum[static_cast<size_t>(t0 + m) * x.groups + g]), acc[m]);
+  }
+  EORA_UNROLL for (int m = 0; m < kM; ++m)
+    _mm512_mask_storeu_ps(y + static_cast<size_t>(t0 + m) * ldy + r, store_mask, acc[m]);
+}
+
+using PanelTileFn = void (*)(const QActView&, const uint8_t*, const float*, const float*, int, int, int, float*,
+                             int, int, __mmask16, int);
+constexpr PanelTileFn kPanelTiles[kPanelTile + 1] = {
+    nullptr,          PanelTileVnni<1>, PanelTileVnni<2>, PanelTileVnni<3>,  PanelTileVnni<4>,
+    PanelTileVnni<5>, PanelTileVnni<6>, PanelTileVnni<7>, PanelTileVnni<8>,  PanelTileVnni<9>,
+    PanelTileVnni<10>, PanelTileVnni<11>, PanelTileVnni<12>};
+
+// Needs x.span even and pairs inside one weight group (as the AMX kernel).
+template <int kBits>
+void QuantGemmPanels(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
+  const int np = (w.blocks + 1) / 2;
+  const int half_last = w.blocks % 2;
+  // Scratch (slot 0; slot 1 holds x.gsum): the panel, then per-pair weight scales
+  // and per-group mins of its 16 rows.
+  const size_t panel_bytes = static_cast<size_t>(np) * 1024;
+  uint8_t* panel = reinterpret_cast<uint8_t*>(ScratchFloats(panel_bytes / 4 + 17 * static_cast<size_t>(np) + 16 * static_cast<size_t>(w.groups), 0));
+  float* spair = reinterpret_cast<float*>(panel + panel_bytes);  // [np][16]
+  float* mins = spair + static_cast<size_t>(np) * 16;            // [groups][16]
+  int* pair_group = reinterpret_cast<int*>(mins + static_cast<size_t>(w.groups) * 16);  // [np]
+  for (int p = 0; p < np; ++p) pair_group[p] = w.groups == 1 ? 0 : 2 * p / w.bpg;
+  // Activation rows in near-equal tiles of at most kPanelTile.
+  const int tiles = (x.n + kPanelTile - 1) / kPanelTile;
+  for (int r = r0; r < r1; r += 16) {
+    const int nrows = r1 - r < 16 ? r1 - r : 16;
+    const __mmask16 store_mask = static_cast<__mmask16>(nrows == 16 ? 0xFFFFu : (1u << nrows) - 1u);
+    PackPanelVnni<kBits>(w, r, nrows, np, panel);
+    for (int i = 0; i < 16; ++i) {
+      const size_t row = static_cast<size_t>(r + (i < nrows ? i : 0));
+      const uint16_t* sc = w.scale + row * w.groups;
+      const uint16_t* mn = w.min + row * w.groups;
+      for (int p = 0; p < np; ++p) spair[p * 16 + i] = i < nrows ? HalfToFloat(sc[pair_group[p]]) : 0.f;
+      for (int g = 0; g < w.groups; ++g) mins[g * 16 + i] = i < nrows ? HalfToFloat(mn[g]) : 0.f;
+    }
+    int t0 = 0;
+    for (int k = 0; k < tiles; ++k) {
+      const int m = (x.n - t0) / (tiles - k);
+      kPanelTiles[m](x, panel, spair, mins, np, half_last, w.groups, y, ldy, r, store_mask, t0);
+      t0 += m;
+    }
+  }
+}
+
 template <int kBits>
 void QuantGemmVnni(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
   if (x.span % 2 != 0 || (w.groups > 1 && w.bpg % 2 != 0))
     return g_avx2_quant[kBits](w, x, y, ldy, r0, r1);
+  if (x.n >= kPanelMinRows) return QuantGemmPanels<kBits>(w, x, y, ldy, r0, r1);
   int r = r0;
   PrefetchRows(w, r, 8);
   for (; r + 4 <= r1; r += 4) {
