@@ -54,7 +54,10 @@ TileConfig MakeConfig() {
 
 // Fewer activation rows than this go to the VNNI kernels (a tile of 16 activation
 // rows would be mostly padding: on stories110M shapes, 4-bit decode of 8 sequences
-// ran 8% slower on the tiles than with VNNI, 12 sequences 18% faster).
+// ran 8% slower on the tiles than with VNNI, 12 sequences 18% faster; measured on
+// 2026-12-02 against the per-row VNNI kernel, before the weight-panel kernel of
+// kernels_avx512.cc, which gives the same bits as the tiles, took products of 8 or
+// more rows, not yet re-measured on a CPU with AMX).
 constexpr int kAmxMinRows = 10;
 
 void (*g_vnni_quant[5])(const QuantView&, const QActView&, float*, int, int, int) = {};
