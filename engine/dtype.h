@@ -85,5 +85,7 @@ inline uint16_t F32ToBF16(float f) {
 
 // Converts `n` elements of type `t` at `src` to float.
 void ConvertToF32(DType t, const void* src, float* dst, size_t n);
+// `n` F16 values to float (F16C instructions where the CPU has them; same values as F16ToF32).
+void F16ArrayToF32(const uint16_t* src, float* dst, size_t n);
 
 }  // namespace eora

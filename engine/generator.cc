@@ -25,7 +25,8 @@ Generator::Generator(Model* model, const GeneratorOptions& options)
       cache_(model->config(), options.kv_cache_tokens > 0
                                   ? options.kv_cache_tokens
                                   : static_cast<int64_t>(options.max_running) *
-                                        model->config().max_seq_len) {}
+                                        model->config().max_seq_len,
+             options.kv_dtype) {}
 
 absl::StatusOr<int64_t> Generator::Add(GenerationRequest request) {
   const ModelConfig& c = model_->config();

@@ -43,6 +43,7 @@ struct GeneratorOptions {
   int max_step_tokens = 512;   // token budget per forward step (decode + prefill)
   int max_running = 64;        // sequences in one step
   int64_t kv_cache_tokens = 0; // 0: max_running * model context
+  KvDType kv_dtype = KvDType::kF32;
 };
 
 class Generator {

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 
+#include <immintrin.h>
+
 #include "absl/strings/str_cat.h"
 #include "engine/backend/cpu/kernels.h"
 #include "engine/status_macros.h"
@@ -310,6 +312,11 @@ __attribute__((always_inline)) inline V16 LoadV16(const float* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
+// 16 F16 values (an F16 KV cache) as floats.
+__attribute__((target("arch=x86-64-v4"), always_inline)) inline V16 LoadV16(const uint16_t* p) {
+  return reinterpret_cast<V16>(
+      _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+}
 
 // ExpNeg8 on 16 lanes (same operations).
 __attribute__((always_inline)) inline V16 ExpNeg16(V16 x) { return ExpNegV<V16, I16>(x); }
@@ -344,10 +351,11 @@ __attribute__((always_inline)) inline V16 Hsum16x16(const V16* a) {
 // throughput. The chunk's first KV head in block blk starts at kb[blk] + off
 // (vb[blk] + off); the next one kHd * 16 floats further. `scores` has room for kQ times
 // n rounded up to 16.
-template <int kHd, int kG, int kH>
-__attribute__((always_inline)) inline void AttendVec16(const float* q, const float* const* kb,
-                                                       const float* const* vb, size_t off, int n,
-                                                       float scale, float* scores, float* out) {
+// KvT: float, or uint16_t for an F16 cache (converted as loaded).
+template <int kHd, int kG, int kH, typename KvT>
+__attribute__((target("arch=x86-64-v4"), always_inline)) inline void AttendVec16(
+    const float* q, const KvT* const* kb, const KvT* const* vb, size_t off, int n, float scale, float* scores,
+    float* out) {
   constexpr int B = KvCache::kBlockTokens;
   constexpr int kQ = kG * kH;
   constexpr size_t kHs = static_cast<size_t>(kHd) * B;  // one KV head in a block
@@ -376,7 +384,7 @@ __attribute__((always_inline)) inline void AttendVec16(const float* q, const flo
     V16 m0[kG], m1[kG];
     for (int g = 0; g < kG; ++g) m0[g] = m1[g] = ninf;
     for (int blk = 0; blk < nblocks; ++blk) {
-      const float* kt = kb[blk] + koff;
+      const KvT* kt = kb[blk] + koff;
       V16 s0[kG], s1[kG];
       for (int g = 0; g < kG; ++g) s0[g] = s1[g] = V16{};
       for (int d = 0; d < kHd; d += 2) {
@@ -447,7 +455,7 @@ __attribute__((always_inline)) inline void AttendVec16(const float* q, const flo
         }
         // One base pointer per block: the rows of a pass sit at compile-time
         // offsets from it (GCC otherwise keeps one offset per row, spilled).
-        const float* vrow = vb[blk] + off + static_cast<size_t>(d0) * B;
+        const KvT* vrow = vb[blk] + off + static_cast<size_t>(d0) * B;
         for (int j = 0; j < kD; ++j) {
           if constexpr (kShareV) {
             V16 v = LoadV16(vrow + (h0 / kG) * kHs + static_cast<size_t>(j) * B);
@@ -486,12 +494,13 @@ __attribute__((always_inline)) inline void AttendVec16(const float* q, const flo
 // The 16-wide paths, compiled for AVX-512 only: `heads` KV heads (1, 2, 4 or 8,
 // with heads * group <= 8). Returns false for shapes it does not cover (the
 // caller then takes the 8-wide paths one KV head at a time).
+template <typename KvT>
 __attribute__((target("arch=x86-64-v4"))) bool AttendHeads16(const float* q, int hd, int group,
-                                                            int heads, const float* const* kb,
-                                                            const float* const* vb, size_t off, int n,
+                                                            int heads, const KvT* const* kb,
+                                                            const KvT* const* vb, size_t off, int n,
                                                             float scale, float* scores, float* out) {
 #define EORA_ATTEND16_H(HD, G, H) \
-  case H: AttendVec16<HD, G, H>(q, kb, vb, off, n, scale, scores, out); return true;
+  case H: AttendVec16<HD, G, H, KvT>(q, kb, vb, off, n, scale, scores, out); return true;
 #define EORA_ATTEND16_G(HD)                                                               \
   switch (group) {                                                                        \
     case 1: switch (heads) { EORA_ATTEND16_H(HD, 1, 1) EORA_ATTEND16_H(HD, 1, 2)          \
@@ -844,13 +853,7 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
       for (int h = 0; h < c.n_kv_heads; ++h)
         Rope(k_.data() + t * kvd + h * hd, hd, c.rope_style, cs, sn);
       const KvSequence& seq = *batch[chunk_of_[t]].kv;
-      // Keys and values are stored dim-major: elements kBlockTokens floats apart.
-      float* key = cache->Key(seq, cache_layer, pos_[t]);
-      float* value = cache->Value(seq, cache_layer, pos_[t]);
-      for (int i = 0; i < kvd; ++i) {
-        key[static_cast<size_t>(i) * KvCache::kBlockTokens] = k_[t * kvd + i];
-        value[static_cast<size_t>(i) * KvCache::kBlockTokens] = v_[t * kvd + i];
-      }
+      cache->Store(seq, cache_layer, pos_[t], k_.data() + t * kvd, v_.data() + t * kvd);
     }
   });
   // Causal attention: token t attends to positions [0, pos_t] of its sequence.
@@ -864,29 +867,65 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
   while (piece > 1 && static_cast<int64_t>(T) * ((c.n_kv_heads + piece - 1) / piece) < pool_->num_threads())
     piece /= 2;
   const int pieces = (c.n_kv_heads + piece - 1) / piece;
+  const bool f16_kv = cache->dtype() == KvDType::kF16;
   pool_->ParallelFor(static_cast<int64_t>(T) * pieces, 1, att_work, [&](int, int64_t b, int64_t e) {
     std::vector<float> scores;
     std::vector<const float*> kb, vb;
+    std::vector<const uint16_t*> kh, vh;  // an F16 cache's blocks
+    std::vector<float> kv_f32;            // ... converted, where the 16-wide path does not apply
     for (int64_t item = b; item < e; ++item) {
       const int t = static_cast<int>(item / pieces);
       const int kv0 = static_cast<int>(item % pieces) * piece;
+      const int kv_end = std::min(c.n_kv_heads, kv0 + piece);
       const KvSequence& seq = *batch[chunk_of_[t]].kv;
       const int n = pos_[t] + 1;
       const int nblocks = (n + KvCache::kBlockTokens - 1) / KvCache::kBlockTokens;
-      kb.resize(nblocks);
-      vb.resize(nblocks);
-      for (int blk = 0; blk < nblocks; ++blk) {
-        kb[blk] = cache->BlockKeys(seq, cache_layer, blk);
-        vb[blk] = cache->BlockValues(seq, cache_layer, blk);
-      }
       scores.resize(static_cast<size_t>(piece) * group * nblocks * KvCache::kBlockTokens);
+      bool have_f32 = false;  // kb / vb set for this item
+      auto f32_blocks = [&] {
+        if (have_f32) return;
+        have_f32 = true;
+        kb.resize(nblocks);
+        vb.resize(nblocks);
+        if (!f16_kv) {
+          for (int blk = 0; blk < nblocks; ++blk) {
+            kb[blk] = cache->BlockKeys(seq, cache_layer, blk);
+            vb[blk] = cache->BlockValues(seq, cache_layer, blk);
+          }
+          return;
+        }
+        // Only this item's KV heads are converted.
+        const size_t bf = cache->BlockFloats();
+        if (kv_f32.size() < 2 * nblocks * bf) kv_f32.resize(2 * nblocks * bf);
+        const size_t begin = static_cast<size_t>(kv0) * hd * KvCache::kBlockTokens;
+        const size_t count = static_cast<size_t>(kv_end - kv0) * hd * KvCache::kBlockTokens;
+        for (int blk = 0; blk < nblocks; ++blk) {
+          kb[blk] = cache->BlockKeys(seq, cache_layer, blk, kv_f32.data() + 2 * blk * bf, begin, count);
+          vb[blk] = cache->BlockValues(seq, cache_layer, blk, kv_f32.data() + (2 * blk + 1) * bf, begin, count);
+        }
+      };
+      if (f16_kv && wide) {
+        kh.resize(nblocks);
+        vh.resize(nblocks);
+        for (int blk = 0; blk < nblocks; ++blk) {
+          kh[blk] = cache->BlockKeysF16(seq, cache_layer, blk);
+          vh[blk] = cache->BlockValuesF16(seq, cache_layer, blk);
+        }
+      }
       // The piece's heads in power-of-two runs (AttendHeads16 takes 1, 2, 4, 8).
-      for (int kv = kv0, end = std::min(c.n_kv_heads, kv0 + piece); kv < end;) {
+      for (int kv = kv0; kv < kv_end;) {
         int run = 1;
-        while (run * 2 <= end - kv) run *= 2;
+        while (run * 2 <= kv_end - kv) run *= 2;
         const size_t off = static_cast<size_t>(t) * qd + static_cast<size_t>(kv) * group * hd;
-        AttendHeads(wide, q_.data() + off, hd, group, kv, run, kb.data(), vb.data(), n, att_scale,
-                    scores.data(), att_.data() + off);
+        // An F16 cache on the 16-wide path converts as it loads.
+        if (!(f16_kv && wide &&
+              AttendHeads16<uint16_t>(q_.data() + off, hd, group, run, kh.data(), vh.data(),
+                                      static_cast<size_t>(kv) * hd * KvCache::kBlockTokens, n, att_scale,
+                                      scores.data(), att_.data() + off))) {
+          f32_blocks();
+          AttendHeads(wide, q_.data() + off, hd, group, kv, run, kb.data(), vb.data(), n, att_scale,
+                      scores.data(), att_.data() + off);
+        }
         kv += run;
       }
     }

@@ -58,7 +58,7 @@ absl::StatusOr<PerplexityResult> ComputePerplexity(Model& model, const std::vect
   const int64_t per_window = static_cast<int64_t>(ctx) * c.vocab_size * 4;
   const int batch = std::max<int>(
       1, std::min<int64_t>(options.max_batch_windows, (int64_t{256} << 20) / per_window));
-  KvCache cache(c, static_cast<int64_t>(batch) * (ctx + KvCache::kBlockTokens));
+  KvCache cache(c, static_cast<int64_t>(batch) * (ctx + KvCache::kBlockTokens), options.kv_dtype);
 
   PerplexityResult result;
   double nll_sum = 0;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/kv_cache.h"
 #include "engine/model.h"
 
 namespace eora {
@@ -28,6 +29,7 @@ struct PerplexityOptions {
   int rank = 0;
   // Windows evaluated together in one forward step (bounded by logits memory).
   int max_batch_windows = 16;
+  KvDType kv_dtype = KvDType::kF32;
   // Called after each batch with (windows done, windows total).
   std::function<void(int, int)> progress;
 };

@@ -75,6 +75,9 @@ int main(int argc, char** argv) {
   args.Flag("kv-cache-tokens", "N", "0",
             "KV cache positions in total, divided among the lanes (a request must fit one lane's share); "
             "0 = max-running x context");
+  args.Flag("kv-dtype", "f32|f16", "f32",
+            "element type of the KV cache: f16 halves its bytes per position (keys and values rounded "
+            "to F16; attention still computes in F32)");
   args.Flag("default-max-new-tokens", "N", "128", "max_new_tokens when a request leaves it 0");
   args.Flag("stream-interval", "N", "1", "GenerateStream: one message per N tokens (the first token at once), like vLLM's --stream-interval");
   args.Flag("device-cache-mb", "MB", "256", "byte budget of the DEVICE adapter tier (RAM on CPU), MiB");
@@ -105,6 +108,8 @@ int main(int argc, char** argv) {
     return Usage(err);
   if (!args.Has("model")) return Usage("--model is required");
   if (!args.Has("adapter-store")) return Usage("--adapter-store is required");
+  const absl::StatusOr<eora::KvDType> kv_dtype = eora::ParseKvDType(args.Str("kv-dtype"));
+  if (!kv_dtype.ok()) return Usage("--kv-dtype: " + std::string(kv_dtype.status().message()));
   if (threads < 1) return Usage("--threads must be >= 1");
   if (lanes < 0 || lanes > threads) return Usage("--lanes must be between 0 (automatic) and --threads");
   if (max_running < 1 || max_queue < 0 || step_tokens < 1 || kv_tokens < 0 || def_new < 1 ||
@@ -170,6 +175,7 @@ int main(int argc, char** argv) {
   sopt.max_queue = static_cast<int>(max_queue);
   sopt.max_step_tokens = static_cast<int>(step_tokens);
   sopt.kv_cache_tokens = kv_tokens;
+  sopt.kv_dtype = *kv_dtype;
   sopt.lanes = static_cast<int>(lanes);
   sopt.lane_threads = static_cast<int>(threads / lanes);
   eora::server::Scheduler scheduler(&model, tokenizer, sopt,
@@ -217,6 +223,11 @@ int main(int argc, char** argv) {
       (lanes > 1 ? " in " + std::to_string(lanes) + " lanes of " + std::to_string(threads / lanes) +
                        " thread" + (threads / lanes > 1 ? "s" : "")
                  : std::string()));
+  const int64_t kv_positions = kv_tokens > 0 ? kv_tokens : max_running * model.config().max_seq_len;
+  const size_t kv_bytes = static_cast<size_t>(kv_positions) *
+                          eora::KvCache::BytesPerToken(model.config().n_layers, model.config().kv_dim(), *kv_dtype);
+  Log("KV cache: " + std::to_string(kv_positions) + " positions, " + eora::KvDTypeName(*kv_dtype) + ", " +
+      std::to_string((kv_bytes + (1 << 20) - 1) >> 20) + " MiB");
   eora::daemon::LogListening(Log, *listen, bound_grpc, *http_bound);
 
   eora::daemon::WaitAndDrain(Log, args.Str("grace-period-s"), &ready, server.get(), &http,

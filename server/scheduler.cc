@@ -101,6 +101,7 @@ std::unique_ptr<Generator> Scheduler::MakeGenerator(const Lane& lane) const {
   g.max_running = lane.max_running;
   g.max_step_tokens = options_.max_step_tokens;
   g.kv_cache_tokens = lane.kv_cache_tokens;
+  g.kv_dtype = options_.kv_dtype;
   return std::make_unique<Generator>(lane.model, g);
 }
 

@@ -57,6 +57,8 @@ struct SchedulerOptions {
   int max_step_tokens = 512;
   // KV cache positions in total; 0 = max_running * model context.
   int64_t kv_cache_tokens = 0;
+  // Element type of the KV cache (F16 holds twice the positions in the same bytes).
+  KvDType kv_dtype = KvDType::kF32;
   // Independent step loops (see above); max_running and kv_cache_tokens are
   // divided among them. 1: one loop on the Model given to the constructor.
   int lanes = 1;

@@ -85,6 +85,7 @@ int RunBench(int argc, char** argv) {
             "sequence after an untimed prefill of C tokens");
   args.Flag("reps", "N", "3", "timed repetitions after 0.3 s of warm-up (median reported)");
   args.Flag("seed", "S", "1", "seed of synthetic weights and random prompts");
+  args.Flag("kv-dtype", "f32|f16", "f32", "element type of the KV cache (f16: half the bytes per position)");
   args.Switch("json", "print one JSON object instead of a table row");
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
@@ -109,6 +110,8 @@ int RunBench(int argc, char** argv) {
   if (lanes < 1 || lanes > threads || lanes > batch)
     return UsageError(cmd, "--lanes must be between 1 and both --threads and --batch");
   if (group < 0 || group % 32 != 0) return UsageError(cmd, "--group-size must be 0 or a multiple of 32");
+  const absl::StatusOr<KvDType> kv_dtype = ParseKvDType(args.Str("kv-dtype"));
+  if (!kv_dtype.ok()) return UsageError(cmd, "--kv-dtype: " + std::string(kv_dtype.status().message()));
 
   std::shared_ptr<const ModelWeights> weights;
   WeightStorage storage;
@@ -159,7 +162,7 @@ int RunBench(int argc, char** argv) {
     l.pool = std::make_unique<ThreadPool>(static_cast<int>(threads / lanes));
     l.model = std::make_unique<Model>(weights, l.pool.get());
     l.cache = std::make_unique<KvCache>(
-        c, l.batch * (std::max(ptoks, decode_start + gtoks) + 2 * KvCache::kBlockTokens));
+        c, l.batch * (std::max(ptoks, decode_start + gtoks) + 2 * KvCache::kBlockTokens), *kv_dtype);
     l.rng.seed(static_cast<uint32_t>(seed + 1000 * i));
   }
   std::vector<double> prefill_s, decode_s;
@@ -229,11 +232,11 @@ int RunBench(int argc, char** argv) {
         "{\"model\": \"%s\", \"format\": \"%s\", \"batch\": %lld, \"threads\": %lld, \"lanes\": %lld, "
         "\"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"decode_context\": %lld, \"lora_rank\": %lld, \"lora_bits\": %lld, "
         "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, \"weight_bytes\": %zu, "
-        "\"decode_gb_s\": %.3f, \"isa\": \"%s\"}\n",
+        "\"decode_gb_s\": %.3f, \"kv_dtype\": \"%s\", \"isa\": \"%s\"}\n",
         name.c_str(), fmt.c_str(), static_cast<long long>(batch), static_cast<long long>(threads),
         static_cast<long long>(lanes), static_cast<long long>(ptoks), static_cast<long long>(gtoks),
         static_cast<long long>(decode_start), static_cast<long long>(rank),
-        static_cast<long long>(lora_bits), pre, dec, wbytes, gbs, KernelIsaName());
+        static_cast<long long>(lora_bits), pre, dec, wbytes, gbs, KvDTypeName(*kv_dtype), KernelIsaName());
   } else {
     const std::string lane_col = lanes > 1 ? " lanes " + std::to_string(lanes) : "";
     std::printf("%-14s %-12s batch %-3lld threads %-2lld%s rank %-4lld prefill %9.1f tok/s  decode %9.1f tok/s  weights %8.2f MB/token  %6.2f GB/s  [%s]\n",

@@ -28,6 +28,7 @@ int RunPerplexity(int argc, char** argv) {
   args.Flag("protocol", "full|llama-cpp", "full", "windowing protocol");
   args.Flag("batch", "N", "16", "windows evaluated together per forward step");
   args.Flag("threads", "N", DefaultThreadsString(), "worker threads");
+  args.Flag("kv-dtype", "f32|f16", "f32", "element type of the KV cache: f32, or f16 (half the bytes per position; keys and values rounded to F16)");
   args.Switch("json", "print one JSON object (tokens, nll, ppl, ...) instead of text");
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
@@ -42,7 +43,10 @@ int RunPerplexity(int argc, char** argv) {
   if (max_bytes < 0) return UsageError(cmd, "--max-bytes must be >= 0");
   if (threads < 1) return UsageError(cmd, "--threads must be >= 1");
   if (batch < 1) return UsageError(cmd, "--batch must be >= 1");
+  const absl::StatusOr<KvDType> kv_dtype = ParseKvDType(args.Str("kv-dtype"));
+  if (!kv_dtype.ok()) return UsageError(cmd, "--kv-dtype: " + std::string(kv_dtype.status().message()));
   PerplexityOptions opt;
+  opt.kv_dtype = *kv_dtype;
   opt.ctx = static_cast<int>(ctx);
   opt.max_batch_windows = static_cast<int>(batch);
   const std::string proto = args.Str("protocol");
@@ -82,11 +86,11 @@ int RunPerplexity(int argc, char** argv) {
     std::printf(
         "{\"tokens\": %lld, \"nll\": %.8f, \"ppl\": %.6f, \"windows\": %d, \"ctx\": %d, "
         "\"protocol\": \"%s\", \"text_bytes\": %zu, \"text_tokens\": %zu, \"seconds\": %.3f, "
-        "\"rank\": %d, \"model_bytes\": %llu, \"adapter_bytes\": %llu}\n",
+        "\"rank\": %d, \"model_bytes\": %llu, \"adapter_bytes\": %llu, \"kv_dtype\": \"%s\"}\n",
         static_cast<long long>(res->tokens), res->nll, res->ppl, res->windows, opt.ctx,
         proto.c_str(), text.size(), tokens.size(), secs, lm.rank,
         static_cast<unsigned long long>(lm.model_bytes),
-        static_cast<unsigned long long>(lm.adapter_bytes));
+        static_cast<unsigned long long>(lm.adapter_bytes), KvDTypeName(opt.kv_dtype));
   } else {
     std::printf("perplexity %.4f (nll %.6f nats) over %lld tokens in %d windows of ctx %d (%s)%s\n",
                 res->ppl, res->nll, static_cast<long long>(res->tokens), res->windows, opt.ctx,

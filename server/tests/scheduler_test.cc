@@ -108,6 +108,24 @@ TEST_P(SchedulerTest, GreedyTokensMatchTheOfflineEngine) {
   EXPECT_NE(ad.tokens, base.tokens) << "the test adapter must change the output";
 }
 
+// An F16 KV cache: the tokens of the offline engine with an F16 cache.
+TEST_P(SchedulerTest, F16KvCacheGivesTheOfflineEnginesTokens) {
+  SchedulerOptions so;
+  so.kv_dtype = KvDType::kF16;
+  Make(so);
+  GenerateParams p;
+  p.prompt = "Once upon a time";
+  p.max_new_tokens = 40;
+  GenerateUpdate base = Collect(Start(p));
+  ASSERT_TRUE(base.status.ok()) << base.status;
+  EXPECT_EQ(base.tokens, OfflineGreedy(p.prompt, "", 0, 40, KvDType::kF16));
+  p.adapter_id = "r16";
+  p.rank = 8;
+  GenerateUpdate ad = Collect(Start(p));
+  ASSERT_TRUE(ad.status.ok()) << ad.status;
+  EXPECT_EQ(ad.tokens, OfflineGreedy(p.prompt, *store_ + "/r16", 8, 40, KvDType::kF16));
+}
+
 TEST_P(SchedulerTest, SixteenConcurrentRequestsWithMixedAdaptersAndRanks) {
   Make();
   RunSixteenMixed();

@@ -387,7 +387,7 @@ TEST_F(ServerE2ETest, LogSaysWhereItListensAndHelpIsTruthful) {
   std::string help;
   ASSERT_EQ(testing::RunCommand(std::string(EORA_SERVER_BIN) + " --help", &help), 0);
   for (const char* flag : {"--model", "--compressed", "--adapter-store", "--listen", "--http-listen",
-                           "--threads", "--lanes", "--max-queue", "--grace-period-s"})
+                           "--threads", "--lanes", "--max-queue", "--grace-period-s", "--kv-dtype"})
     EXPECT_NE(help.find(flag), std::string::npos) << flag;
   std::string err;
   EXPECT_EQ(testing::RunCommand(std::string(EORA_SERVER_BIN) + " --adapter-store /tmp 2>&1", &err), 2);
@@ -398,6 +398,20 @@ TEST_F(ServerE2ETest, LogSaysWhereItListensAndHelpIsTruthful) {
                                 &err),
             2);
   EXPECT_NE(err.find("--lanes must be between 0 (automatic) and --threads"), std::string::npos) << err;
+  EXPECT_EQ(testing::RunCommand(std::string(EORA_SERVER_BIN) + " --model " +
+                                    eora::testing::Stories260kPath() + " --adapter-store " + store_ +
+                                    " --kv-dtype bf16 2>&1",
+                                &err),
+            2);
+  EXPECT_NE(err.find("--kv-dtype: KV cache type \"bf16\": expected f32 or f16"), std::string::npos) << err;
+}
+
+TEST_F(ServerE2ETest, F16KvCacheServesTheOfflineEnginesTokens) {
+  StartServer({"--kv-dtype", "f16", "--kv-cache-tokens", "4096"});
+  EXPECT_NE(server_->Log().find("KV cache: 4096 positions, f16"), std::string::npos) << server_->Log();
+  eora::v1::GenerateResponse r;
+  ASSERT_TRUE(Generate(Req("Once upon a time", "r8", 3, 32), &r).ok());
+  EXPECT_EQ(Tokens(r), OfflineGreedy("Once upon a time", store_ + "/r8", 3, 32, KvDType::kF16));
 }
 
 TEST_F(ServerE2ETest, ServesACompressedBaseModel) {

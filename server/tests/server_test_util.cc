@@ -76,7 +76,7 @@ void WriteForeignAdapter(const std::string& dir) {
 }
 
 std::vector<int> OfflineGreedy(const std::string& prompt, const std::string& adapter_dir, int rank,
-                               int max_new_tokens) {
+                               int max_new_tokens, KvDType kv_dtype) {
   // A Model of its own (Forward is not reentrant; the one in Stories() may be
   // stepping in a Scheduler right now), sharing the weights.
   TestModel& m = Stories();
@@ -95,6 +95,7 @@ std::vector<int> OfflineGreedy(const std::string& prompt, const std::string& ada
   }
   GeneratorOptions opt;
   opt.max_running = 1;
+  opt.kv_dtype = kv_dtype;
   auto res = GenerateAll(&ref, {req}, opt);
   if (!res.ok()) throw std::runtime_error(res.status().ToString());
   return (*res)[0].tokens;

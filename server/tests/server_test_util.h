@@ -32,9 +32,9 @@ void WriteRandomAdapter(const std::string& dir, int rank, uint64_t seed);
 void WriteForeignAdapter(const std::string& dir);
 
 // Greedy tokens of the offline engine (one sequence alone), adapter from `dir`
-// ("" = base) at `rank` (0 = stored rank).
+// ("" = base) at `rank` (0 = stored rank), with a KV cache of type `kv_dtype`.
 std::vector<int> OfflineGreedy(const std::string& prompt, const std::string& adapter_dir, int rank,
-                               int max_new_tokens);
+                               int max_new_tokens, KvDType kv_dtype = KvDType::kF32);
 
 // A running eora-server child (tests/daemon_process.h). Start() waits for the
 // "gRPC listening on" log line.
