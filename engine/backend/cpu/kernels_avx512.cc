@@ -733,10 +733,163 @@ void Sparse24QRowVnni(const Sparse24QuantView& w, const QActView& x, float* y, i
   EORA_UNROLL for (int t = 0; t < kT; ++t) y[static_cast<size_t>(t0 + t) * ldy + r] = _mm512_reduce_add_ps(acc[t]);
 }
 
+// ---- 2:4 sparse quantized, many activation rows: dense weight panels ------------
+// Per panel of 16 weight rows and pair p of kept blocks (64 slots, 128 columns),
+// each row's slots are expanded to their columns (vpexpandb under the mask of kept
+// columns, built from the 2-bit positions) as dense codes, zero elsewhere, and as
+// an indicator (1 at kept columns); both are transposed into the tile layout of
+// QuantGemmPanels. Per activation row, two vpdpbusd per 4 columns give the code
+// dot C and the kept-column sum Q of the pair for the 16 rows; then
+// y += float(C) * d * scale + float(Q) * d * min (the slots' min term). Twice the
+// multiply-adds of a dense panel over the same columns, but no per-row gather.
+bool g_has_vbmi2 = false;
+constexpr int kSparsePanelTile = 8;  // activation rows per register tile (3 x 8 accumulators)
+
+// The 128-bit mask of the kept columns of a pair (bit c: column c of the 128)
+// from the slots' positions `pos` (byte k: position 0-3 of slot k in its group of
+// 4 columns; slots 2m and 2m + 1 belong to group m).
+inline __m128i KeptColumns(__m512i pos) {
+  const __m512i lut = _mm512_set4_epi32(0, 0, 0, 0x08040201);
+  const __m512i onehot = _mm512_shuffle_epi8(lut, pos);                     // 1 << pos
+  const __m512i grp = _mm512_or_si512(onehot, _mm512_srli_epi16(onehot, 8));  // word m: nibble of group m
+  // Dword j holds groups 2j (bits 0-3) and 2j + 1 (bits 16-19): pack them into byte j.
+  const __m512i packed = _mm512_ternarylogic_epi32(_mm512_set1_epi32(0x0F), grp, _mm512_srli_epi32(grp, 12), 0xCA);
+  return _mm512_cvtepi32_epi8(packed);
+}
+
+template <int kBits>
+__attribute__((target("avx512vbmi2"))) void PackSparsePanel(const Sparse24QuantView& w, int r, int nrows, int np,
+                                                             uint8_t* dst) {
+  constexpr int kBB = QuantBlockBytes(kBits);
+  const QuantView& qv = w.q;
+  const int kb = qv.blocks;
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int p = 0; p < np; ++p) {
+    __m512 c_lo[16], c_hi[16], i_lo[16], i_hi[16];
+    const bool full = 2 * p + 1 < kb;
+    EORA_UNROLL for (int i = 0; i < 16; ++i) {
+      if (i >= nrows) {
+        c_lo[i] = c_hi[i] = i_lo[i] = i_hi[i] = _mm512_setzero_ps();
+        continue;
+      }
+      const uint8_t* codes = qv.codes + static_cast<size_t>(r + i) * qv.row_bytes + 2 * static_cast<size_t>(p) * kBB;
+      const uint8_t* meta = w.meta + (static_cast<size_t>(r + i) * kb + 2 * static_cast<size_t>(p)) * 8;
+      __m512i cv, pos;
+      if (full) {
+        cv = UnpackPair<kBits>(codes);
+        pos = UnpackPair<2>(meta);
+      } else {
+        cv = _mm512_zextsi256_si512(UnpackOne<kBits>(codes));
+        pos = _mm512_zextsi256_si512(UnpackOne<2>(meta));
+      }
+      const __m128i kept = KeptColumns(pos);
+      // A lone last block covers the first 64 columns only.
+      const __mmask64 mlo = _cvtu64_mask64(static_cast<uint64_t>(_mm_cvtsi128_si64(kept)));
+      const __mmask64 mhi = full ? _cvtu64_mask64(static_cast<uint64_t>(_mm_extract_epi64(kept, 1))) : 0;
+      c_lo[i] = _mm512_castsi512_ps(_mm512_maskz_expand_epi8(mlo, cv));
+      c_hi[i] = _mm512_castsi512_ps(_mm512_maskz_expand_epi8(mhi, _mm512_shuffle_i64x2(cv, cv, 0xEE)));
+      i_lo[i] = _mm512_castsi512_ps(_mm512_maskz_mov_epi8(mlo, ones));
+      i_hi[i] = _mm512_castsi512_ps(_mm512_maskz_mov_epi8(mhi, ones));
+    }
+    Transpose16(c_lo);
+    Transpose16(c_hi);
+    Transpose16(i_lo);
+    Transpose16(i_hi);
+    float* d = reinterpret_cast<float*>(dst + 4096 * static_cast<size_t>(p));
+    EORA_UNROLL for (int k4 = 0; k4 < 16; ++k4) {
+      _mm512_store_ps(d + 16 * k4, c_lo[k4]);
+      _mm512_store_ps(d + 16 * (16 + k4), c_hi[k4]);
+      _mm512_store_ps(d + 16 * (32 + k4), i_lo[k4]);
+      _mm512_store_ps(d + 16 * (48 + k4), i_hi[k4]);
+    }
+  }
+}
+
+template <int kM>
+void SparsePanelTile(const QActView& x, const uint8_t* panel, const float* spair, const float* mpair, int np,
+                     float* y, int ldy, int r, __mmask16 store_mask, int t0) {
+  const int8_t* q[kM];
+  const float* d[kM];
+  EORA_UNROLL for (int m = 0; m < kM; ++m) {
+    q[m] = x.q + static_cast<size_t>(t0 + m) * x.padded_cols;
+    d[m] = x.d + static_cast<size_t>(t0 + m) * x.nb;
+  }
+  __m512 acc[kM];
+  EORA_UNROLL for (int m = 0; m < kM; ++m) acc[m] = _mm512_setzero_ps();
+  for (int p = 0; p < np; ++p) {
+    const uint8_t* pp = panel + 4096 * static_cast<size_t>(p);
+    // Columns of this pair inside the activation row (the last pair may stop early).
+    const int left = x.padded_cols - 128 * p;
+    const int k4n = left >= 128 ? 32 : left / 4;
+    __m512i c[kM], z[kM];
+    EORA_UNROLL for (int m = 0; m < kM; ++m) c[m] = z[m] = _mm512_setzero_si512();
+    for (int k4 = 0; k4 < k4n; ++k4) {
+      const __m512i wc = _mm512_load_si512(pp + 64 * k4);
+      const __m512i wi = _mm512_load_si512(pp + 2048 + 64 * k4);
+      const size_t off = 128 * static_cast<size_t>(p) + 4 * static_cast<size_t>(k4);
+      EORA_UNROLL for (int m = 0; m < kM; ++m) {
+        int32_t a;
+        std::memcpy(&a, q[m] + off, 4);
+        const __m512i av = _mm512_set1_epi32(a);
+        c[m] = _mm512_dpbusd_epi32(c[m], wc, av);
+        z[m] = _mm512_dpbusd_epi32(z[m], wi, av);
+      }
+    }
+    const __m512 sv = _mm512_load_ps(spair + 16 * static_cast<size_t>(p));
+    const __m512 mv = _mm512_load_ps(mpair + 16 * static_cast<size_t>(p));
+    EORA_UNROLL for (int m = 0; m < kM; ++m) {
+      const __m512 dv = _mm512_set1_ps(d[m][4 * p]);
+      acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c[m]), dv), sv, acc[m]);
+      acc[m] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(z[m]), dv), mv, acc[m]);
+    }
+  }
+  EORA_UNROLL for (int m = 0; m < kM; ++m)
+    _mm512_mask_storeu_ps(y + static_cast<size_t>(t0 + m) * ldy + r, store_mask, acc[m]);
+}
+
+using SparsePanelTileFn = void (*)(const QActView&, const uint8_t*, const float*, const float*, int, float*, int,
+                                   int, __mmask16, int);
+constexpr SparsePanelTileFn kSparsePanelTiles[kSparsePanelTile + 1] = {
+    nullptr, SparsePanelTile<1>, SparsePanelTile<2>, SparsePanelTile<3>, SparsePanelTile<4>,
+    SparsePanelTile<5>, SparsePanelTile<6>, SparsePanelTile<7>, SparsePanelTile<8>};
+
+template <int kBits>
+void Sparse24QGemmPanels(const Sparse24QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
+  const QuantView& qv = w.q;
+  const int np = (qv.blocks + 1) / 2;
+  const size_t panel_bytes = static_cast<size_t>(np) * 4096;
+  uint8_t* panel = reinterpret_cast<uint8_t*>(ScratchFloats(panel_bytes / 4 + 32 * static_cast<size_t>(np), 0));
+  float* spair = reinterpret_cast<float*>(panel + panel_bytes);  // [np][16]
+  float* mpair = spair + 16 * static_cast<size_t>(np);            // [np][16]
+  const int tiles = (x.n + kSparsePanelTile - 1) / kSparsePanelTile;
+  for (int r = r0; r < r1; r += 16) {
+    const int nrows = r1 - r < 16 ? r1 - r : 16;
+    const __mmask16 store_mask = static_cast<__mmask16>(nrows == 16 ? 0xFFFFu : (1u << nrows) - 1u);
+    PackSparsePanel<kBits>(w, r, nrows, np, panel);
+    for (int i = 0; i < 16; ++i) {
+      const size_t row = static_cast<size_t>(r + (i < nrows ? i : 0));
+      const uint16_t* sc = qv.scale + row * qv.groups;
+      const uint16_t* mn = qv.min + row * qv.groups;
+      for (int p = 0; p < np; ++p) {
+        const int g = qv.groups == 1 ? 0 : 2 * p / qv.bpg;
+        spair[16 * p + i] = i < nrows ? HalfToFloat(sc[g]) : 0.f;
+        mpair[16 * p + i] = i < nrows ? HalfToFloat(mn[g]) : 0.f;
+      }
+    }
+    int t0 = 0;
+    for (int k = 0; k < tiles; ++k) {
+      const int m = (x.n - t0) / (tiles - k);
+      kSparsePanelTiles[m](x, panel, spair, mpair, np, y, ldy, r, store_mask, t0);
+      t0 += m;
+    }
+  }
+}
+
 template <int kBits>
 void Sparse24QGemmVnni(const Sparse24QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
   if (x.span % 4 != 0 || (w.q.groups > 1 && w.q.bpg % 2 != 0))
     return g_avx2_sparse24q[kBits](w, x, y, ldy, r0, r1);
+  if (g_has_vbmi2 && x.n >= kPanelMinRows) return Sparse24QGemmPanels<kBits>(w, x, y, ldy, r0, r1);
   // Software prefetch of the code and metadata streams, 16 rows ahead.
   const size_t meta_bytes = static_cast<size_t>(w.q.blocks) * 8;
   auto prefetch_meta = [&](int r) {
@@ -828,6 +981,7 @@ void QuantAccTI8(const QuantAccTView& w, const float* u, int ldu, int n, int r, 
 }  // namespace
 
 void FillAvx512Kernels(KernelTable* t) {
+  g_has_vbmi2 = __builtin_cpu_supports("avx512vbmi2");
   g_avx2_dense_f32 = t->dense_gemm[kDenseF32];
   t->dense_gemm[kDenseF32] = DenseGemmF32;
   g_avx2_dense_half[kDenseF16] = t->dense_gemm[kDenseF16];
