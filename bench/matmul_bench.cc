@@ -93,10 +93,10 @@ int Register() {
       }
     }
   }
-  // Small batches of the quantized formats (where the kernels switch from per-row
-  // tiles to weight panels, kPanelMinRows in kernels_avx512.cc).
+  // Small batches of the quantized formats, dense and 2:4 (where the kernels switch
+  // from per-row tiles to weight panels, kPanelMinRows in kernels_avx512.cc).
   for (const Format& f : kFormats) {
-    if (f.kind != 3) continue;
+    if (f.kind != 3 && f.kind != 5) continue;
     for (int n : {4, 6, 8, 12, 16}) {
       const std::string name = std::string("MatMul/") + f.name + "/2048x768/n" + std::to_string(n) + "/t1";
       benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, f, 2048, 768, n, 1)

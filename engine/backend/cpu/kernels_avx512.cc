@@ -733,7 +733,7 @@ void Sparse24QRowVnni(const Sparse24QuantView& w, const QActView& x, float* y, i
   EORA_UNROLL for (int t = 0; t < kT; ++t) y[static_cast<size_t>(t0 + t) * ldy + r] = _mm512_reduce_add_ps(acc[t]);
 }
 
-// ---- 2:4 sparse quantized, many activation rows: dense weight panels ------------
+// ---- 2:4 sparse quantized, 5+ activation rows: dense weight panels ---------------
 // Per panel of 16 weight rows and pair p of kept blocks (64 slots, 128 columns),
 // each row's slots are expanded to their columns (vpexpandb under the mask of kept
 // columns, built from the 2-bit positions) as dense codes, zero elsewhere, and as
@@ -744,6 +744,10 @@ void Sparse24QRowVnni(const Sparse24QuantView& w, const QActView& x, float* y, i
 // multiply-adds of a dense panel over the same columns, but no per-row gather.
 bool g_has_vbmi2 = false;
 constexpr int kSparsePanelTile = 8;  // activation rows per register tile (3 x 8 accumulators)
+// Fewer activation rows take the gather kernel: `eora-matmul-bench
+// --benchmark_filter='sp24_q4g64/2048x768/n'`, one thread: 4 rows tie (27-29 G
+// multiply-adds/s), 6 rows 39 against 27, 8 rows 47-48 against 29-30.
+constexpr int kSparsePanelMinRows = 5;
 
 // The 128-bit mask of the kept columns of a pair (bit c: column c of the 128)
 // from the slots' positions `pos` (byte k: position 0-3 of slot k in its group of
@@ -889,7 +893,7 @@ template <int kBits>
 void Sparse24QGemmVnni(const Sparse24QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
   if (x.span % 4 != 0 || (w.q.groups > 1 && w.q.bpg % 2 != 0))
     return g_avx2_sparse24q[kBits](w, x, y, ldy, r0, r1);
-  if (g_has_vbmi2 && x.n >= kPanelMinRows) return Sparse24QGemmPanels<kBits>(w, x, y, ldy, r0, r1);
+  if (g_has_vbmi2 && x.n >= kSparsePanelMinRows) return Sparse24QGemmPanels<kBits>(w, x, y, ldy, r0, r1);
   // Software prefetch of the code and metadata streams, 16 rows ahead.
   const size_t meta_bytes = static_cast<size_t>(w.q.blocks) * 8;
   auto prefetch_meta = [&](int r) {
