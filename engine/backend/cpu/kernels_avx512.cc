@@ -564,6 +564,51 @@ void PackPanelVnni(const QuantView& w, int r, int nrows, int np, uint8_t* dst) {
   }
 }
 
+// Int8 rows and scales of kM activation rows from t0.
+template <int kM>
+struct TileRows {
+  const int8_t* q[kM];
+  const float* d[kM];
+  TileRows(const QActView& x, int t0) {
+    EORA_UNROLL for (int m = 0; m < kM; ++m) {
+      q[m] = x.q + static_cast<size_t>(t0 + m) * x.padded_cols;
+      d[m] = x.d + static_cast<size_t>(t0 + m) * x.nb;
+    }
+  }
+};
+
+// out[j * 16 + i] = table[(r + i) * groups + index[j]] as float for the panel's
+// rows i < nrows (index null: j itself), 0 for i >= nrows; j < count.
+inline void PanelColumnsOfHalf(const uint16_t* table, int groups, int r, int nrows, const int* index, int count,
+                               float* out) {
+  for (int i = 0; i < 16; ++i) {
+    const uint16_t* row = table + static_cast<size_t>(r + (i < nrows ? i : 0)) * groups;
+    for (int j = 0; j < count; ++j)
+      out[16 * static_cast<size_t>(j) + i] = i < nrows ? HalfToFloat(row[index ? index[j] : j]) : 0.f;
+  }
+}
+
+// Panels of 16 weight rows over [r0, r1): panel(r, nrows, store mask).
+template <typename F>
+inline void ForEachPanel(int r0, int r1, F&& panel) {
+  for (int r = r0; r < r1; r += 16) {
+    const int nrows = r1 - r < 16 ? r1 - r : 16;
+    panel(r, nrows, static_cast<__mmask16>(nrows == 16 ? 0xFFFFu : (1u << nrows) - 1u));
+  }
+}
+
+// Splits n activation rows into near-equal tiles of at most max_tile: tile(t0, m).
+template <typename F>
+inline void ForEachTile(int n, int max_tile, F&& tile) {
+  const int tiles = (n + max_tile - 1) / max_tile;
+  int t0 = 0;
+  for (int k = 0; k < tiles; ++k) {
+    const int m = (n - t0) / (tiles - k);
+    tile(t0, m);
+    t0 += m;
+  }
+}
+
 // c[m] += the dots of kK4 dwords of one pair of the panel with activation row m.
 template <int kM, int kK4>
 inline void PanelDots(const uint8_t* pp, const int8_t* const* q, size_t off, __m512i* c) {
@@ -581,12 +626,9 @@ inline void PanelDots(const uint8_t* pp, const int8_t* const* q, size_t off, __m
 template <int kM>
 void PanelTileVnni(const QActView& x, const uint8_t* panel, const float* spair, const float* mins, int np,
                    int half_last, int groups, float* y, int ldy, int r, __mmask16 store_mask, int t0) {
-  const int8_t* q[kM];
-  const float* d[kM];
-  EORA_UNROLL for (int m = 0; m < kM; ++m) {
-    q[m] = x.q + static_cast<size_t>(t0 + m) * x.padded_cols;
-    d[m] = x.d + static_cast<size_t>(t0 + m) * x.nb;
-  }
+  const TileRows<kM> rows(x, t0);
+  const int8_t* const* q = rows.q;
+  const float* const* d = rows.d;
   __m512 acc[kM];
   EORA_UNROLL for (int m = 0; m < kM; ++m) acc[m] = _mm512_setzero_ps();
   for (int p = 0; p < np; ++p) {
@@ -633,26 +675,14 @@ void QuantGemmPanels(const QuantView& w, const QActView& x, float* y, int ldy, i
   float* mins = spair + static_cast<size_t>(np) * 16;            // [groups][16]
   int* pair_group = reinterpret_cast<int*>(mins + static_cast<size_t>(w.groups) * 16);  // [np]
   for (int p = 0; p < np; ++p) pair_group[p] = w.groups == 1 ? 0 : 2 * p / w.bpg;
-  // Activation rows in near-equal tiles of at most kPanelTile.
-  const int tiles = (x.n + kPanelTile - 1) / kPanelTile;
-  for (int r = r0; r < r1; r += 16) {
-    const int nrows = r1 - r < 16 ? r1 - r : 16;
-    const __mmask16 store_mask = static_cast<__mmask16>(nrows == 16 ? 0xFFFFu : (1u << nrows) - 1u);
+  ForEachPanel(r0, r1, [&](int r, int nrows, __mmask16 store_mask) {
     PackPanelVnni<kBits>(w, r, nrows, np, panel);
-    for (int i = 0; i < 16; ++i) {
-      const size_t row = static_cast<size_t>(r + (i < nrows ? i : 0));
-      const uint16_t* sc = w.scale + row * w.groups;
-      const uint16_t* mn = w.min + row * w.groups;
-      for (int p = 0; p < np; ++p) spair[p * 16 + i] = i < nrows ? HalfToFloat(sc[pair_group[p]]) : 0.f;
-      for (int g = 0; g < w.groups; ++g) mins[g * 16 + i] = i < nrows ? HalfToFloat(mn[g]) : 0.f;
-    }
-    int t0 = 0;
-    for (int k = 0; k < tiles; ++k) {
-      const int m = (x.n - t0) / (tiles - k);
+    PanelColumnsOfHalf(w.scale, w.groups, r, nrows, pair_group, np, spair);
+    PanelColumnsOfHalf(w.min, w.groups, r, nrows, nullptr, w.groups, mins);
+    ForEachTile(x.n, kPanelTile, [&](int t0, int m) {
       kPanelTiles[m](x, panel, spair, mins, np, half_last, w.groups, y, ldy, r, store_mask, t0);
-      t0 += m;
-    }
-  }
+    });
+  });
 }
 
 template <int kBits>
@@ -812,12 +842,9 @@ __attribute__((target("avx512vbmi2"))) void PackSparsePanel(const Sparse24QuantV
 template <int kM>
 void SparsePanelTile(const QActView& x, const uint8_t* panel, const float* spair, const float* mpair, int np,
                      float* y, int ldy, int r, __mmask16 store_mask, int t0) {
-  const int8_t* q[kM];
-  const float* d[kM];
-  EORA_UNROLL for (int m = 0; m < kM; ++m) {
-    q[m] = x.q + static_cast<size_t>(t0 + m) * x.padded_cols;
-    d[m] = x.d + static_cast<size_t>(t0 + m) * x.nb;
-  }
+  const TileRows<kM> rows(x, t0);
+  const int8_t* const* q = rows.q;
+  const float* const* d = rows.d;
   __m512 acc[kM];
   EORA_UNROLL for (int m = 0; m < kM; ++m) acc[m] = _mm512_setzero_ps();
   for (int p = 0; p < np; ++p) {
@@ -862,31 +889,19 @@ void Sparse24QGemmPanels(const Sparse24QuantView& w, const QActView& x, float* y
   const QuantView& qv = w.q;
   const int np = (qv.blocks + 1) / 2;
   const size_t panel_bytes = static_cast<size_t>(np) * 4096;
-  uint8_t* panel = reinterpret_cast<uint8_t*>(ScratchFloats(panel_bytes / 4 + 32 * static_cast<size_t>(np), 0));
+  uint8_t* panel = reinterpret_cast<uint8_t*>(ScratchFloats(panel_bytes / 4 + 33 * static_cast<size_t>(np), 0));
   float* spair = reinterpret_cast<float*>(panel + panel_bytes);  // [np][16]
   float* mpair = spair + 16 * static_cast<size_t>(np);            // [np][16]
-  const int tiles = (x.n + kSparsePanelTile - 1) / kSparsePanelTile;
-  for (int r = r0; r < r1; r += 16) {
-    const int nrows = r1 - r < 16 ? r1 - r : 16;
-    const __mmask16 store_mask = static_cast<__mmask16>(nrows == 16 ? 0xFFFFu : (1u << nrows) - 1u);
+  int* pair_group = reinterpret_cast<int*>(mpair + 16 * static_cast<size_t>(np));  // [np]
+  for (int p = 0; p < np; ++p) pair_group[p] = qv.groups == 1 ? 0 : 2 * p / qv.bpg;
+  ForEachPanel(r0, r1, [&](int r, int nrows, __mmask16 store_mask) {
     PackSparsePanel<kBits>(w, r, nrows, np, panel);
-    for (int i = 0; i < 16; ++i) {
-      const size_t row = static_cast<size_t>(r + (i < nrows ? i : 0));
-      const uint16_t* sc = qv.scale + row * qv.groups;
-      const uint16_t* mn = qv.min + row * qv.groups;
-      for (int p = 0; p < np; ++p) {
-        const int g = qv.groups == 1 ? 0 : 2 * p / qv.bpg;
-        spair[16 * p + i] = i < nrows ? HalfToFloat(sc[g]) : 0.f;
-        mpair[16 * p + i] = i < nrows ? HalfToFloat(mn[g]) : 0.f;
-      }
-    }
-    int t0 = 0;
-    for (int k = 0; k < tiles; ++k) {
-      const int m = (x.n - t0) / (tiles - k);
+    PanelColumnsOfHalf(qv.scale, qv.groups, r, nrows, pair_group, np, spair);
+    PanelColumnsOfHalf(qv.min, qv.groups, r, nrows, pair_group, np, mpair);
+    ForEachTile(x.n, kSparsePanelTile, [&](int t0, int m) {
       kSparsePanelTiles[m](x, panel, spair, mpair, np, y, ldy, r, store_mask, t0);
-      t0 += m;
-    }
-  }
+    });
+  });
 }
 
 template <int kBits>
