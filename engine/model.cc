@@ -1166,7 +1166,7 @@ absl::Status Model::Embed(std::span<const int> tokens, float* hidden) const {
 
 absl::Status Model::ForwardLayer(int l, const LayerWeights* layer_weights,
                                  const LayerFactors* factors, std::span<const int> seq_lengths,
-                                 float* hidden, LinearObserver* observer) {
+                                 float* hidden, LinearObserver* observer, KvDType kv_dtype) {
   const ModelConfig& c = weights_->config;
   if (l < 0 || l >= c.n_layers)
     return absl::InvalidArgumentError(absl::StrCat("layer ", l, " out of range"));
@@ -1178,7 +1178,7 @@ absl::Status Model::ForwardLayer(int l, const LayerWeights* layer_weights,
       return absl::InvalidArgumentError(absl::StrCat("sequence length ", n, " out of range"));
     total += n + KvCache::kBlockTokens;
   }
-  KvCache cache(one, total);
+  KvCache cache(one, total, kv_dtype);
   std::vector<KvSequence> seqs;
   seqs.reserve(seq_lengths.size());
   std::vector<int> zeros(c.max_seq_len, 0);

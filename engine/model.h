@@ -88,10 +88,11 @@ class Model {
   absl::Status Embed(std::span<const int> tokens, float* hidden) const;
   // Runs decoder layer `l` in place on `hidden`, with `layer_weights` instead of the
   // model's (if non-null) and adding `factors` at their full rank (if non-null).
-  // The observer (optional) sees the input of every linear module.
+  // The observer (optional) sees the input of every linear module. The layer's
+  // keys and values go through a KV cache of type `kv_dtype`.
   absl::Status ForwardLayer(int l, const LayerWeights* layer_weights, const LayerFactors* factors,
                             std::span<const int> seq_lengths, float* hidden,
-                            LinearObserver* observer);
+                            LinearObserver* observer, KvDType kv_dtype = KvDType::kF32);
   // Final norm and output projection: logits [rows][vocab] of hidden [rows][dim].
   void Logits(const float* hidden, int rows, float* logits);
 
