@@ -860,12 +860,21 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
   int64_t att_work = 0;
   for (int t = 0; t < T; ++t) att_work += static_cast<int64_t>(pos_[t] + 1) * qd * 2;
   // Work items of up to `piece` KV heads of one token (AttendHeads interleaves
-  // them); smaller pieces when there would be fewer items than threads.
+  // them, at most 8 query heads per call). With few items (decode of a few
+  // sequences), as many per token as make the item count a multiple of the
+  // threads, with equal heads each: 12 KV heads on 2 threads in pieces of 8 and 4
+  // left one thread twice the other's work.
   const bool wide = WideAttention();
-  int piece = 1;
-  while (piece * 2 <= c.n_kv_heads && piece * 2 * group <= 8) piece *= 2;
-  while (piece > 1 && static_cast<int64_t>(T) * ((c.n_kv_heads + piece - 1) / piece) < pool_->num_threads())
-    piece /= 2;
+  const int threads = pool_->num_threads();
+  int piece_max = 1;
+  while (piece_max * 2 <= c.n_kv_heads && piece_max * 2 * group <= 8) piece_max *= 2;
+  int per_token = (c.n_kv_heads + piece_max - 1) / piece_max;
+  if (static_cast<int64_t>(T) * per_token < 4 * threads) {
+    int want = std::max(per_token, (threads + T - 1) / T);
+    while (want < c.n_kv_heads && (static_cast<int64_t>(T) * want) % threads != 0) ++want;
+    per_token = std::min(want, c.n_kv_heads);
+  }
+  const int piece = (c.n_kv_heads + per_token - 1) / per_token;
   const int pieces = (c.n_kv_heads + piece - 1) / piece;
   const bool f16_kv = cache->dtype() == KvDType::kF16;
   pool_->ParallelFor(static_cast<int64_t>(T) * pieces, 1, att_work, [&](int, int64_t b, int64_t e) {
