@@ -29,6 +29,7 @@
 #include "server/scheduler.h"
 #include "server/serving_core.h"
 #include "tools/cli_args.h"
+#include "tools/kv_dtype_flag.h"
 
 namespace {
 
@@ -75,9 +76,7 @@ int main(int argc, char** argv) {
   args.Flag("kv-cache-tokens", "N", "0",
             "KV cache positions in total, divided among the lanes (a request must fit one lane's share); "
             "0 = max-running x context");
-  args.Flag("kv-dtype", "f32|f16", "f32",
-            "element type of the KV cache: f16 halves its bytes per position (keys and values rounded "
-            "to F16; attention still computes in F32)");
+  eora::cli::DeclareKvDTypeFlag(args);
   args.Flag("default-max-new-tokens", "N", "128", "max_new_tokens when a request leaves it 0");
   args.Flag("stream-interval", "N", "1", "GenerateStream: one message per N tokens (the first token at once), like vLLM's --stream-interval");
   args.Flag("device-cache-mb", "MB", "256", "byte budget of the DEVICE adapter tier (RAM on CPU), MiB");
@@ -108,8 +107,8 @@ int main(int argc, char** argv) {
     return Usage(err);
   if (!args.Has("model")) return Usage("--model is required");
   if (!args.Has("adapter-store")) return Usage("--adapter-store is required");
-  const absl::StatusOr<eora::KvDType> kv_dtype = eora::ParseKvDType(args.Str("kv-dtype"));
-  if (!kv_dtype.ok()) return Usage("--kv-dtype: " + std::string(kv_dtype.status().message()));
+  const absl::StatusOr<eora::KvDType> kv_dtype = eora::cli::KvDTypeFlag(args);
+  if (!kv_dtype.ok()) return Usage(std::string(kv_dtype.status().message()));
   if (threads < 1) return Usage("--threads must be >= 1");
   if (lanes < 0 || lanes > threads) return Usage("--lanes must be between 0 (automatic) and --threads");
   if (max_running < 1 || max_queue < 0 || step_tokens < 1 || kv_tokens < 0 || def_new < 1 ||

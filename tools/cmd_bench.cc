@@ -11,6 +11,7 @@
 #include "engine/synthetic.h"
 #include "tools/cli_args.h"
 #include "tools/cli_common.h"
+#include "tools/kv_dtype_flag.h"
 #include "tools/commands.h"
 
 namespace eora::cli {
@@ -85,7 +86,7 @@ int RunBench(int argc, char** argv) {
             "sequence after an untimed prefill of C tokens");
   args.Flag("reps", "N", "3", "timed repetitions after 0.3 s of warm-up (median reported)");
   args.Flag("seed", "S", "1", "seed of synthetic weights and random prompts");
-  args.Flag("kv-dtype", "f32|f16", "f32", "element type of the KV cache (f16: half the bytes per position)");
+  DeclareKvDTypeFlag(args);
   args.Switch("json", "print one JSON object instead of a table row");
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
@@ -110,8 +111,8 @@ int RunBench(int argc, char** argv) {
   if (lanes < 1 || lanes > threads || lanes > batch)
     return UsageError(cmd, "--lanes must be between 1 and both --threads and --batch");
   if (group < 0 || group % 32 != 0) return UsageError(cmd, "--group-size must be 0 or a multiple of 32");
-  const absl::StatusOr<KvDType> kv_dtype = ParseKvDType(args.Str("kv-dtype"));
-  if (!kv_dtype.ok()) return UsageError(cmd, "--kv-dtype: " + std::string(kv_dtype.status().message()));
+  const absl::StatusOr<KvDType> kv_dtype = KvDTypeFlag(args);
+  if (!kv_dtype.ok()) return UsageError(cmd, std::string(kv_dtype.status().message()));
 
   std::shared_ptr<const ModelWeights> weights;
   WeightStorage storage;

@@ -5,6 +5,7 @@
 #include "engine/model_loader.h"
 #include "tools/cli_args.h"
 #include "tools/cli_common.h"
+#include "tools/kv_dtype_flag.h"
 #include "tools/commands.h"
 #include "tools/model_flags.h"
 
@@ -24,7 +25,7 @@ int RunGenerate(int argc, char** argv) {
   args.Flag("top-p", "P", "1", "nucleus sampling probability mass in (0, 1]; 1 = off");
   args.Flag("seed", "S", "0", "random seed for sampling");
   args.Flag("threads", "N", DefaultThreadsString(), "worker threads");
-  args.Flag("kv-dtype", "f32|f16", "f32", "element type of the KV cache: f32, or f16 (half the bytes per position; keys and values rounded to F16)");
+  DeclareKvDTypeFlag(args);
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
   std::string err;
@@ -36,8 +37,8 @@ int RunGenerate(int argc, char** argv) {
     return UsageError("eora generate", err);
   if (max_tokens < 0) return UsageError("eora generate", "--max-tokens must be >= 0");
   if (threads < 1) return UsageError("eora generate", "--threads must be >= 1");
-  const absl::StatusOr<KvDType> kv_dtype = ParseKvDType(args.Str("kv-dtype"));
-  if (!kv_dtype.ok()) return UsageError("eora generate", "--kv-dtype: " + std::string(kv_dtype.status().message()));
+  const absl::StatusOr<KvDType> kv_dtype = KvDTypeFlag(args);
+  if (!kv_dtype.ok()) return UsageError("eora generate", std::string(kv_dtype.status().message()));
 
   GenerationRequest req;
   req.sampling.temperature = static_cast<float>(temperature);

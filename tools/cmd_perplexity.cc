@@ -5,6 +5,7 @@
 #include "engine/perplexity.h"
 #include "tools/cli_args.h"
 #include "tools/cli_common.h"
+#include "tools/kv_dtype_flag.h"
 #include "tools/commands.h"
 #include "tools/model_flags.h"
 
@@ -28,7 +29,7 @@ int RunPerplexity(int argc, char** argv) {
   args.Flag("protocol", "full|llama-cpp", "full", "windowing protocol");
   args.Flag("batch", "N", "16", "windows evaluated together per forward step");
   args.Flag("threads", "N", DefaultThreadsString(), "worker threads");
-  args.Flag("kv-dtype", "f32|f16", "f32", "element type of the KV cache: f32, or f16 (half the bytes per position; keys and values rounded to F16)");
+  DeclareKvDTypeFlag(args);
   args.Switch("json", "print one JSON object (tokens, nll, ppl, ...) instead of text");
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
@@ -43,8 +44,8 @@ int RunPerplexity(int argc, char** argv) {
   if (max_bytes < 0) return UsageError(cmd, "--max-bytes must be >= 0");
   if (threads < 1) return UsageError(cmd, "--threads must be >= 1");
   if (batch < 1) return UsageError(cmd, "--batch must be >= 1");
-  const absl::StatusOr<KvDType> kv_dtype = ParseKvDType(args.Str("kv-dtype"));
-  if (!kv_dtype.ok()) return UsageError(cmd, "--kv-dtype: " + std::string(kv_dtype.status().message()));
+  const absl::StatusOr<KvDType> kv_dtype = KvDTypeFlag(args);
+  if (!kv_dtype.ok()) return UsageError(cmd, std::string(kv_dtype.status().message()));
   PerplexityOptions opt;
   opt.kv_dtype = *kv_dtype;
   opt.ctx = static_cast<int>(ctx);

@@ -588,6 +588,11 @@ inline void PanelColumnsOfHalf(const uint16_t* table, int groups, int r, int nro
   }
 }
 
+// The weight group of each of np pairs of blocks (a pair never straddles groups).
+inline void PairGroups(const QuantView& w, int np, int* out) {
+  for (int p = 0; p < np; ++p) out[p] = w.groups == 1 ? 0 : 2 * p / w.bpg;
+}
+
 // Panels of 16 weight rows over [r0, r1): panel(r, nrows, store mask).
 template <typename F>
 inline void ForEachPanel(int r0, int r1, F&& panel) {
@@ -674,7 +679,7 @@ void QuantGemmPanels(const QuantView& w, const QActView& x, float* y, int ldy, i
   float* spair = reinterpret_cast<float*>(panel + panel_bytes);  // [np][16]
   float* mins = spair + static_cast<size_t>(np) * 16;            // [groups][16]
   int* pair_group = reinterpret_cast<int*>(mins + static_cast<size_t>(w.groups) * 16);  // [np]
-  for (int p = 0; p < np; ++p) pair_group[p] = w.groups == 1 ? 0 : 2 * p / w.bpg;
+  PairGroups(w, np, pair_group);
   ForEachPanel(r0, r1, [&](int r, int nrows, __mmask16 store_mask) {
     PackPanelVnni<kBits>(w, r, nrows, np, panel);
     PanelColumnsOfHalf(w.scale, w.groups, r, nrows, pair_group, np, spair);
@@ -893,7 +898,7 @@ void Sparse24QGemmPanels(const Sparse24QuantView& w, const QActView& x, float* y
   float* spair = reinterpret_cast<float*>(panel + panel_bytes);  // [np][16]
   float* mpair = spair + 16 * static_cast<size_t>(np);            // [np][16]
   int* pair_group = reinterpret_cast<int*>(mpair + 16 * static_cast<size_t>(np));  // [np]
-  for (int p = 0; p < np; ++p) pair_group[p] = qv.groups == 1 ? 0 : 2 * p / qv.bpg;
+  PairGroups(qv, np, pair_group);
   ForEachPanel(r0, r1, [&](int r, int nrows, __mmask16 store_mask) {
     PackSparsePanel<kBits>(w, r, nrows, np, panel);
     PanelColumnsOfHalf(qv.scale, qv.groups, r, nrows, pair_group, np, spair);
