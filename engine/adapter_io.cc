@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -322,6 +323,7 @@ absl::Status WriteAdapterDir(const std::string& dir, const LowRankAdapter& adapt
   // adapter_model.safetensors (PEFT) and, for quantized factors, eora_factors.safetensors.
   std::vector<RawTensor> peft, packed;
   std::vector<Owned> keep;
+  std::deque<PackedQuant> keep_packed;  // the file layout of quantized factors, until written
   keep.reserve(static_cast<size_t>(adapter.num_layers()) * kNumModules * 2);
   std::set<std::string> targets;
   std::set<int> layers_adapted;
@@ -351,7 +353,7 @@ absl::Status WriteAdapterDir(const std::string& dir, const LowRankAdapter& adapt
       if (qspec) {
         for (const auto& [suffix, mat] :
              {std::pair<const char*, const Matrix*>{".lora_A", f.a.get()}, {".lora_Bt", f.bt.get()}}) {
-          const PackedQuant& p = static_cast<const QuantMatrix*>(mat)->packed();
+          const PackedQuant& p = keep_packed.emplace_back(static_cast<const QuantMatrix*>(mat)->packed());
           const int64_t row_bytes = p.rows ? static_cast<int64_t>(p.packed.size() / p.rows) : 0;
           const int64_t groups = p.rows ? static_cast<int64_t>(p.scale_f16.size() / p.rows) : 0;
           packed.push_back({prefix + suffix + ".qweight", "U8", {p.rows, row_bytes},

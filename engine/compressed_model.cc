@@ -77,6 +77,7 @@ absl::Status CaptureTokenizer(const ModelWeights& w, json* entry, std::string* h
 struct Sink {
   std::vector<RawTensor> tensors;
   std::deque<std::vector<uint8_t>> owned;
+  std::deque<PackedQuant> packed;
   json entries = json::object();
 
   const void* Own(std::vector<uint8_t> bytes) {
@@ -87,7 +88,9 @@ struct Sink {
            size_t bytes) {
     tensors.push_back({std::move(name), dtype, std::move(shape), data, bytes});
   }
-  void AddPacked(const std::string& base, const PackedQuant& p) {
+  // Keeps the storage (a copy in the file layout) until the tensors are written.
+  void AddPacked(const std::string& base, PackedQuant stored) {
+    const PackedQuant& p = packed.emplace_back(std::move(stored));
     const int64_t row_bytes = p.rows ? static_cast<int64_t>(p.packed.size() / p.rows) : 0;
     const int64_t groups = p.rows ? static_cast<int64_t>(p.scale_f16.size() / p.rows) : 0;
     Add(base + ".qweight", "U8", {p.rows, row_bytes}, p.packed.data(), p.packed.size());

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -28,6 +30,83 @@ uint16_t F16Down(uint16_t h) {
 }
 
 bool F16Finite(uint16_t h) { return (h & 0x7c00) != 0x7c00; }
+
+// EORA_QUANT_LAYOUT=rows keeps QuantLayout::kBest matrices in the file layout
+// (A/B runs against the per-row kernels).
+bool RowsForced() {
+  static const bool forced = [] {
+    const char* env = std::getenv("EORA_QUANT_LAYOUT");
+    return env != nullptr && std::string_view(env) == "rows";
+  }();
+  return forced;
+}
+
+// The file layout of p (codes, scales, mins) rewritten in panels of 16 rows.
+void RowsToPanels(PackedQuant* p, int blocks, int groups) {
+  const int bits = p->spec.bits, bb = cpu::QuantBlockBytes(bits);
+  const int panels = (p->rows + 15) / 16, np = (blocks + 1) / 2;
+  const size_t row_bytes = static_cast<size_t>(blocks) * bb, pbytes = cpu::PanelBytes(bits, blocks);
+  WeightVector<uint8_t> out(static_cast<size_t>(panels) * pbytes);
+  uint8_t vec[16 * 64], codes[64];
+  for (int pn = 0; pn < panels; ++pn) {
+    for (int j = 0; j < np; ++j) {
+      const int nvec = 2 * j + 1 < blocks ? 16 : 8;
+      std::memset(vec, 0, sizeof(vec));
+      for (int i = 0; i < 16 && 16 * pn + i < p->rows; ++i) {
+        const uint8_t* row = p->packed.data() + static_cast<size_t>(16 * pn + i) * row_bytes;
+        cpu::UnpackBlock(bits, row + static_cast<size_t>(2 * j) * bb, codes, 2 * j, blocks);
+        if (nvec == 16) cpu::UnpackBlock(bits, row + static_cast<size_t>(2 * j + 1) * bb, codes + 32, 2 * j + 1, blocks);
+        for (int k = 0; k < 4 * nvec; ++k) vec[64 * (k / 4) + 4 * i + k % 4] = codes[k];
+      }
+      cpu::PackPanelUnit(bits, vec, nvec, out.data() + pn * pbytes + cpu::PanelPairOffset(bits, j));
+    }
+  }
+  std::vector<uint16_t> sc(static_cast<size_t>(panels) * groups * 16, 0), mn(sc.size(), 0);
+  for (int r = 0; r < p->rows; ++r)
+    for (int g = 0; g < groups; ++g) {
+      const size_t to = (static_cast<size_t>(r / 16) * groups + g) * 16 + r % 16;
+      sc[to] = p->scale_f16[static_cast<size_t>(r) * groups + g];
+      mn[to] = p->min_f16[static_cast<size_t>(r) * groups + g];
+    }
+  p->packed = std::move(out);
+  p->scale_f16 = std::move(sc);
+  p->min_f16 = std::move(mn);
+}
+
+// The inverse of RowsToPanels.
+PackedQuant PanelsToRows(const PackedQuant& p, int blocks, int groups) {
+  const int bits = p.spec.bits, bb = cpu::QuantBlockBytes(bits);
+  const int np = (blocks + 1) / 2;
+  const size_t row_bytes = static_cast<size_t>(blocks) * bb, pbytes = cpu::PanelBytes(bits, blocks);
+  PackedQuant out;
+  out.rows = p.rows;
+  out.cols = p.cols;
+  out.spec = p.spec;
+  out.packed.assign(static_cast<size_t>(p.rows) * row_bytes, 0);
+  out.scale_f16.resize(static_cast<size_t>(p.rows) * groups);
+  out.min_f16.resize(out.scale_f16.size());
+  uint8_t vec[16 * 64], codes[64];
+  for (int pn = 0; pn * 16 < p.rows; ++pn) {
+    for (int j = 0; j < np; ++j) {
+      const int nvec = 2 * j + 1 < blocks ? 16 : 8;
+      cpu::UnpackPanelUnit(bits, p.packed.data() + pn * pbytes + cpu::PanelPairOffset(bits, j), nvec, vec);
+      for (int i = 0; i < 16 && 16 * pn + i < p.rows; ++i) {
+        uint8_t* row = out.packed.data() + static_cast<size_t>(16 * pn + i) * row_bytes;
+        for (int k = 0; k < 4 * nvec; ++k) codes[k] = vec[64 * (k / 4) + 4 * i + k % 4];
+        // (a 3-bit pair shares its bytes: pack both blocks, the odd one second)
+        cpu::PackBlock(bits, codes, row + static_cast<size_t>(2 * j) * bb, 2 * j, blocks);
+        if (nvec == 16) cpu::PackBlock(bits, codes + 32, row + static_cast<size_t>(2 * j + 1) * bb, 2 * j + 1, blocks);
+      }
+    }
+  }
+  for (int r = 0; r < p.rows; ++r)
+    for (int g = 0; g < groups; ++g) {
+      const size_t from = (static_cast<size_t>(r / 16) * groups + g) * 16 + r % 16;
+      out.scale_f16[static_cast<size_t>(r) * groups + g] = p.scale_f16[from];
+      out.min_f16[static_cast<size_t>(r) * groups + g] = p.min_f16[from];
+    }
+  return out;
+}
 
 }  // namespace
 
@@ -92,7 +171,7 @@ cpu::QActView MakeQActView(const QuantizedActivations& qx, int bpg, int groups) 
 
 // ---- QuantMatrix -------------------------------------------------------------------
 
-QuantMatrix::QuantMatrix(PackedQuant p) : Matrix(p.rows, p.cols), p_(std::move(p)) {
+QuantMatrix::QuantMatrix(PackedQuant p, QuantLayout layout) : Matrix(p.rows, p.cols), p_(std::move(p)) {
   blocks_ = PaddedCols(p_.cols) / kQBlock;
   QuantizedWeights shape;
   shape.rows = p_.rows;
@@ -101,9 +180,26 @@ QuantMatrix::QuantMatrix(PackedQuant p) : Matrix(p.rows, p.cols), p_(std::move(p
   groups_ = shape.groups();
   bpg_ = shape.group_size_effective() / kQBlock;
   row_bytes_ = static_cast<size_t>(blocks_) * QuantBlockBytes(p_.spec.bits);
+  const bool pairs_in_groups = groups_ == 1 || bpg_ % 2 == 0;
+  // kBest leaves small matrices whose last panel would be mostly padding (e.g. the
+  // A factor of a rank-8 adapter) in rows: at most 1/16 more bytes.
+  const int64_t padded = (static_cast<int64_t>(p_.rows) + 15) / 16 * 16;
+  const bool little_padding = 16 * padded <= 17 * static_cast<int64_t>(p_.rows);
+  panels_ = pairs_in_groups &&
+            (layout == QuantLayout::kPanels ||
+             (layout == QuantLayout::kBest && little_padding && cpu::Kernels().prefers_quant_panels &&
+              !RowsForced()));
+  if (panels_) RowsToPanels(&p_, blocks_, groups_);
 }
 
-absl::StatusOr<std::unique_ptr<QuantMatrix>> QuantMatrix::FromPacked(PackedQuant p) {
+size_t QuantMatrix::ScaleIndex(int r, int g) const {
+  if (!panels_) return static_cast<size_t>(r) * groups_ + g;
+  return (static_cast<size_t>(r / 16) * groups_ + g) * 16 + r % 16;
+}
+
+PackedQuant QuantMatrix::packed() const { return panels_ ? PanelsToRows(p_, blocks_, groups_) : p_; }
+
+absl::StatusOr<std::unique_ptr<QuantMatrix>> QuantMatrix::FromPacked(PackedQuant p, QuantLayout layout) {
   if (absl::Status s = ValidateQuantSpec(p.rows, p.cols, p.spec); !s.ok()) return s;
   QuantizedWeights shape;
   shape.rows = p.rows;
@@ -123,10 +219,10 @@ absl::StatusOr<std::unique_ptr<QuantMatrix>> QuantMatrix::FromPacked(PackedQuant
     if (!F16Finite(p.scale_f16[i]) || !F16Finite(p.min_f16[i]))
       return absl::InvalidArgumentError("quantized matrix: non-finite scale or min");
   }
-  return std::unique_ptr<QuantMatrix>(new QuantMatrix(std::move(p)));
+  return std::unique_ptr<QuantMatrix>(new QuantMatrix(std::move(p), layout));
 }
 
-absl::StatusOr<std::unique_ptr<QuantMatrix>> QuantMatrix::Create(const QuantizedWeights& w) {
+absl::StatusOr<std::unique_ptr<QuantMatrix>> QuantMatrix::Create(const QuantizedWeights& w, QuantLayout layout) {
   if (absl::Status s = ValidateQuantSpec(w.rows, w.cols, w.spec); !s.ok()) return s;
   const size_t n = static_cast<size_t>(w.rows) * w.cols;
   const size_t groups = static_cast<size_t>(w.rows) * w.groups();
@@ -171,7 +267,7 @@ absl::StatusOr<std::unique_ptr<QuantMatrix>> QuantMatrix::Create(const Quantized
       cpu::PackBlock(w.spec.bits, codes, p.packed.data() + (static_cast<size_t>(r) * blocks + b) * bb, b, blocks);
     }
   }
-  return std::unique_ptr<QuantMatrix>(new QuantMatrix(std::move(p)));
+  return std::unique_ptr<QuantMatrix>(new QuantMatrix(std::move(p), layout));
 }
 
 std::string QuantMatrix::Describe() const {
@@ -195,6 +291,7 @@ cpu::QuantView QuantMatrix::view() const {
   v.bpg = bpg_;
   v.bits = p_.spec.bits;
   v.row_bytes = row_bytes_;
+  v.panels = panels_;
   return v;
 }
 
@@ -207,7 +304,8 @@ void QuantMatrix::MatMulRows(const MatMulInput& in, float* y, int ldy, int r0, i
     qx = &local;
   }
   const cpu::QActView xv = MakeQActView(*qx, bpg_, groups_);
-  cpu::Kernels().quant_gemm[p_.spec.bits](view(), xv, y, ldy, r0, r1);
+  const cpu::KernelTable& k = cpu::Kernels();
+  (panels_ ? k.quant_panel_gemm : k.quant_gemm)[p_.spec.bits](view(), xv, y, ldy, r0, r1);
 }
 
 void QuantMatrix::AccumulateTransposed(const float* u, int ldu, int n, int r, float* y, int ldy, int c0,
@@ -221,7 +319,18 @@ void QuantMatrix::AccumulateTransposed(const float* u, int ldu, int n, int r, fl
     k.quant_acc_t_i8(TransposedCopy(), u, ldu, n, r, y, ldy, c0, c1);
     return;
   }
-  k.quant_acc_t[p_.spec.bits](view(), u, ldu, n, r, y, ldy, c0, c1);
+  if (!panels_) return k.quant_acc_t[p_.spec.bits](view(), u, ldu, n, r, y, ldy, c0, c1);
+  // Panels without the int8 kernel (a table chosen below the one that made them):
+  // row by row, in float.
+  std::vector<float> row(cols());
+  for (int j = 0; j < r; ++j) {
+    DequantizeRow(j, row.data());
+    for (int t = 0; t < n; ++t) {
+      const float uj = u[static_cast<size_t>(t) * ldu + j];
+      float* yt = y + static_cast<size_t>(t) * ldy;
+      for (int c = c0; c < c1; ++c) yt[c] += uj * row[c];
+    }
+  }
 }
 
 void QuantMatrix::PrepareAccumulateTransposed() const {
@@ -253,8 +362,8 @@ const cpu::QuantAccTView& QuantMatrix::TransposedCopy() const {
     tc_min_t_.assign(static_cast<size_t>(groups_) * stride, 0.f);
     for (int j = 0; j < R; ++j)
       for (int g = 0; g < groups_; ++g) {
-        tc_scale_t_[g * stride + j] = F16ToF32(p_.scale_f16[static_cast<size_t>(j) * groups_ + g]);
-        tc_min_t_[g * stride + j] = F16ToF32(p_.min_f16[static_cast<size_t>(j) * groups_ + g]);
+        tc_scale_t_[g * stride + j] = F16ToF32(p_.scale_f16[ScaleIndex(j, g)]);
+        tc_min_t_[g * stride + j] = F16ToF32(p_.min_f16[ScaleIndex(j, g)]);
       }
     cpu::QuantAccTView v;
     v.il = tc_il_.data();
@@ -273,7 +382,13 @@ const cpu::QuantAccTView& QuantMatrix::TransposedCopy() const {
 }
 
 void QuantMatrix::DequantizeRow(int r, float* out) const {
-  cpu::Kernels().quant_dequant_row[p_.spec.bits](view(), r, out);
+  if (!panels_) return cpu::Kernels().quant_dequant_row[p_.spec.bits](view(), r, out);
+  std::vector<uint8_t> codes(cols());
+  RowCodes(r, codes.data());
+  for (int c = 0; c < cols(); ++c) {
+    const size_t si = ScaleIndex(r, c / (bpg_ * kQBlock));
+    out[c] = F16ToF32(p_.scale_f16[si]) * static_cast<float>(codes[c]) + F16ToF32(p_.min_f16[si]);
+  }
 }
 
 void QuantMatrix::RowCodes(int r, uint8_t* out) const {
@@ -281,7 +396,8 @@ void QuantMatrix::RowCodes(int r, uint8_t* out) const {
   const int bb = QuantBlockBytes(p_.spec.bits);
   const uint8_t* row = p_.packed.data() + static_cast<size_t>(r) * row_bytes_;
   for (int b = 0; b < blocks_; ++b) {
-    cpu::UnpackBlock(p_.spec.bits, row + static_cast<size_t>(b) * bb, codes, b, blocks_);
+    if (panels_) cpu::UnpackPanelBlock(p_.spec.bits, p_.packed.data(), blocks_, r, b, codes);
+    else cpu::UnpackBlock(p_.spec.bits, row + static_cast<size_t>(b) * bb, codes, b, blocks_);
     const int k0 = b * kQBlock;
     const int k1 = std::min(cols(), k0 + kQBlock);
     std::memcpy(out + k0, codes, k1 - k0);
@@ -295,12 +411,13 @@ QuantizedWeights QuantMatrix::Unpack() const {
   w.spec = p_.spec;
   w.codes.resize(static_cast<size_t>(rows()) * cols());
   for (int r = 0; r < rows(); ++r) RowCodes(r, w.codes.data() + static_cast<size_t>(r) * cols());
-  w.scale.resize(p_.scale_f16.size());
-  w.min.resize(p_.min_f16.size());
-  for (size_t i = 0; i < w.scale.size(); ++i) {
-    w.scale[i] = F16ToF32(p_.scale_f16[i]);
-    w.min[i] = F16ToF32(p_.min_f16[i]);
-  }
+  w.scale.resize(static_cast<size_t>(rows()) * groups_);
+  w.min.resize(w.scale.size());
+  for (int r = 0; r < rows(); ++r)
+    for (int g = 0; g < groups_; ++g) {
+      w.scale[static_cast<size_t>(r) * groups_ + g] = F16ToF32(p_.scale_f16[ScaleIndex(r, g)]);
+      w.min[static_cast<size_t>(r) * groups_ + g] = F16ToF32(p_.min_f16[ScaleIndex(r, g)]);
+    }
   return w;
 }
 

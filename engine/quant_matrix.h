@@ -55,13 +55,24 @@ struct PackedQuant {
 // the current layout (a no-op unless the codes are 3-bit and the version older).
 void UpgradePacked(PackedQuant* p, int from_version);
 
+// How a QuantMatrix keeps its codes in memory. kRows: the file layout above
+// (PackedQuant). kPanels: panels of 16 rows with the codes of 16 rows interleaved
+// per vector (docs/formats.md, "Panels of 16 rows"), for kernels that compute 16
+// rows per instruction; needs every pair of blocks inside one weight group (group
+// size a multiple of 64, or one group per row), else the rows stay in kRows.
+// kBest: kPanels where the active kernel table prefers it and the padding of the
+// last panel adds at most 1/16 to the codes, else kRows.
+enum class QuantLayout { kBest, kRows, kPanels };
+
 // MatrixFormat::kQuant.
 class QuantMatrix final : public Matrix {
  public:
   // Validates the unpacked form (sizes, codes < 2^bits, finite scales/mins) and packs.
-  static absl::StatusOr<std::unique_ptr<QuantMatrix>> Create(const QuantizedWeights& w);
+  static absl::StatusOr<std::unique_ptr<QuantMatrix>> Create(const QuantizedWeights& w,
+                                                             QuantLayout layout = QuantLayout::kBest);
   // Takes already-packed storage (e.g. read from a file); validates sizes only.
-  static absl::StatusOr<std::unique_ptr<QuantMatrix>> FromPacked(PackedQuant p);
+  static absl::StatusOr<std::unique_ptr<QuantMatrix>> FromPacked(PackedQuant p,
+                                                                 QuantLayout layout = QuantLayout::kBest);
 
   MatrixFormat format() const override { return MatrixFormat::kQuant; }
   std::string Describe() const override;
@@ -81,12 +92,13 @@ class QuantMatrix final : public Matrix {
   int blocks_per_row() const { return blocks_; }
   int groups() const { return groups_; }
   int group_size_effective() const { return bpg_ * 32; }
+  // Bytes of a row in the file layout (PackedQuant).
   size_t row_bytes() const { return row_bytes_; }
-  // Packed storage (see PackedQuant).
-  const PackedQuant& packed() const { return p_; }
-  const WeightVector<uint8_t>& packed_codes() const { return p_.packed; }
-  const std::vector<uint16_t>& scale_f16() const { return p_.scale_f16; }
-  const std::vector<uint16_t>& min_f16() const { return p_.min_f16; }
+  // Whether the codes are kept in panels of 16 rows (QuantLayout::kPanels).
+  bool panels() const { return panels_; }
+  // The packed storage in the file layout (PackedQuant; a copy, converted from the
+  // panels when the matrix keeps them).
+  PackedQuant packed() const;
   // Unpacked codes of row r (cols() values).
   void RowCodes(int r, uint8_t* out) const;
   // The unpacked form: codes and the (F16-rounded) scales and mins as floats.
@@ -95,11 +107,15 @@ class QuantMatrix final : public Matrix {
   cpu::QuantView view() const;
 
  private:
-  explicit QuantMatrix(PackedQuant p);
+  // p in the file layout; converted to panels when `panels`.
+  QuantMatrix(PackedQuant p, QuantLayout layout);
+  // Index of row r's group g in the scale and min vectors of p_.
+  size_t ScaleIndex(int r, int g) const;
   // The rank-interleaved copy for the int8 B side (cpu::QuantAccTView), built once.
   const cpu::QuantAccTView& TransposedCopy() const;
 
-  PackedQuant p_;
+  PackedQuant p_;  // in the layout of panels_ (packed codes, scales and mins)
+  bool panels_ = false;
   int blocks_ = 0, groups_ = 0, bpg_ = 1;
   size_t row_bytes_ = 0;
   mutable std::once_flag tc_once_;

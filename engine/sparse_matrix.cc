@@ -155,7 +155,7 @@ absl::StatusOr<std::unique_ptr<Sparse24QuantMatrix>> Sparse24QuantMatrix::FromPa
     return absl::InvalidArgumentError(absl::StrCat("2:4 sparse quantized matrix: ", kept.cols,
                                                    " kept slots per row, expected ",
                                                    Sparse24KeptBlocks(cols) * 32));
-  auto q = QuantMatrix::FromPacked(std::move(kept));
+  auto q = QuantMatrix::FromPacked(std::move(kept), QuantLayout::kRows);
   if (!q.ok()) return q.status();
   return std::unique_ptr<Sparse24QuantMatrix>(new Sparse24QuantMatrix(cols, std::move(*q), std::move(meta)));
 }
@@ -168,7 +168,7 @@ absl::StatusOr<std::unique_ptr<Sparse24QuantMatrix>> Sparse24QuantMatrix::FromKe
     return absl::InvalidArgumentError(absl::StrCat("2:4 sparse quantized matrix: ", kept.cols,
                                                    " kept slots per row, expected ",
                                                    Sparse24KeptBlocks(cols) * 32));
-  auto q = QuantMatrix::Create(kept);
+  auto q = QuantMatrix::Create(kept, QuantLayout::kRows);
   if (!q.ok()) return q.status();
   return std::unique_ptr<Sparse24QuantMatrix>(new Sparse24QuantMatrix(cols, std::move(*q), std::move(meta)));
 }

@@ -81,18 +81,18 @@ std::vector<float> RandomSparse24(int rows, int cols, std::mt19937* rng) {
   return w;
 }
 
-enum class Kind { kF32, kF16, kBF16, kQuant, kSparse, kSparseQuant };
+enum class Kind { kF32, kF16, kBF16, kQuant, kSparse, kSparseQuant, kQuantPanels };
 
 struct Case {
   Kind kind;
   int bits = 4;
   int group = 64;
   std::string Name() const {
-    const char* names[] = {"f32", "f16", "bf16", "quant", "sparse24", "sparse24quant"};
+    const char* names[] = {"f32", "f16", "bf16", "quant", "sparse24", "sparse24quant", "quant-panels"};
     return std::string(names[static_cast<int>(kind)]) + " b" + std::to_string(bits) + " g" +
            std::to_string(group);
   }
-  bool IntInput() const { return kind == Kind::kQuant || kind == Kind::kSparseQuant; }
+  bool IntInput() const { return kind == Kind::kQuant || kind == Kind::kSparseQuant || kind == Kind::kQuantPanels; }
 };
 
 std::vector<Case> AllCases() {
@@ -102,6 +102,10 @@ std::vector<Case> AllCases() {
     for (int group : {32, 64, 128, 0, 96, 256}) {
       cases.push_back({Kind::kQuant, bits, group});
       cases.push_back({Kind::kSparseQuant, bits, group});
+      // Panels of 16 rows whatever the ISA and shape (kQuant takes them only where
+      // the ISA prefers them and the padding is small); odd blocks per group stay
+      // in rows.
+      if (group != 32 && group != 96) cases.push_back({Kind::kQuantPanels, bits, group});
     }
   }
   return cases;
@@ -120,6 +124,13 @@ std::unique_ptr<Matrix> Build(const Case& c, int rows, int cols, std::mt19937* r
       const auto w = RandomVec(static_cast<size_t>(rows) * cols, rng);
       auto m = MakeQuantizedMatrix(QuantizeRtn(w.data(), rows, cols, {c.bits, c.group}));
       EXPECT_TRUE(m.ok()) << m.status();
+      return std::move(*m);
+    }
+    case Kind::kQuantPanels: {
+      const auto w = RandomVec(static_cast<size_t>(rows) * cols, rng);
+      auto m = QuantMatrix::Create(QuantizeRtn(w.data(), rows, cols, {c.bits, c.group}), QuantLayout::kPanels);
+      EXPECT_TRUE(m.ok()) << m.status();
+      EXPECT_TRUE((*m)->panels());
       return std::move(*m);
     }
     case Kind::kSparse: {
@@ -259,6 +270,93 @@ TEST(MatrixTest, QuantRowsOfLargeBatchesIndependentOfTheBatch) {
             ASSERT_EQ(y, first) << isa << " differs from " << isas[0];
           }
         }
+      }
+    }
+  }
+}
+
+// In panels of 16 rows (AVX-512 and AMX tables), every batch size runs the panel
+// arithmetic: a row's bits depend neither on the batch nor on the row range, and
+// equal those of the file layout's weight-panel kernel (8 or more rows).
+TEST(MatrixTest, PanelRowsIndependentOfTheBatchAndEqualToRowPanels) {
+  IsaGuard guard;
+  std::vector<std::string> isas;
+  for (const std::string& isa : Isas())
+    if (isa == "avx512" || isa == "amx") isas.push_back(isa);
+  if (isas.empty()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  for (int bits : {2, 3, 4}) {
+    for (int group : {64, 0, 128}) {
+      for (const Shape& s : {Shape{40, 300}, Shape{17, 2270}, Shape{33, 129}, Shape{64, 768}}) {
+        SCOPED_TRACE(::testing::Message() << "b" << bits << " g" << group << " " << s.rows << "x" << s.cols);
+        std::mt19937 rng(bits * 100 + group + s.cols);
+        const auto w = RandomVec(static_cast<size_t>(s.rows) * s.cols, &rng);
+        const QuantizedWeights q = QuantizeRtn(w.data(), s.rows, s.cols, {bits, group});
+        auto panels = QuantMatrix::Create(q, QuantLayout::kPanels);
+        auto rows = QuantMatrix::Create(q, QuantLayout::kRows);
+        ASSERT_TRUE(panels.ok() && rows.ok());
+        ASSERT_TRUE((*panels)->panels());
+        ASSERT_FALSE((*rows)->panels());
+        const int n = 27, ldx = s.cols, ldy = s.rows;
+        const auto x = RandomVec(static_cast<size_t>(n) * ldx, &rng);
+        for (const std::string& isa : isas) {
+          ASSERT_TRUE(cpu::SetActiveIsa(isa));
+          MatMulScratch scratch;
+          std::vector<float> y(static_cast<size_t>(n) * ldy), yr(y.size());
+          MatMul(**panels, x.data(), n, ldx, y.data(), ldy, nullptr, &scratch);
+          MatMul(**rows, x.data(), n, ldx, yr.data(), ldy, nullptr, &scratch);
+          if (isa == "avx512") ASSERT_EQ(y, yr) << "panels differ from the file layout's weight panels";
+          for (const auto& [t0, count] : {std::pair{0, 1}, std::pair{5, 1}, std::pair{3, 2}, std::pair{7, 5},
+                                          std::pair{9, 12}, std::pair{13, 13}}) {
+            std::vector<float> ys(static_cast<size_t>(count) * ldy, -7.f);
+            QuantizedActivations qa;
+            qa.Quantize(x.data() + static_cast<size_t>(t0) * ldx, count, s.cols, ldx);
+            MatMulInput in;
+            in.x = x.data() + static_cast<size_t>(t0) * ldx;
+            in.n = count;
+            in.ldx = ldx;
+            in.qx = &qa;
+            // Two ranges that split a panel.
+            const int mid = std::min(s.rows, 7);
+            (*panels)->MatMulRows(in, ys.data(), ldy, 0, mid);
+            (*panels)->MatMulRows(in, ys.data(), ldy, mid, s.rows);
+            for (int t = 0; t < count; ++t)
+              for (int r = 0; r < s.rows; ++r)
+                ASSERT_EQ(ys[static_cast<size_t>(t) * ldy + r], y[static_cast<size_t>(t0 + t) * ldy + r])
+                    << isa << " t0=" << t0 << " count=" << count << " t=" << t << " r=" << r;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The panel layout keeps exactly what the file layout keeps.
+TEST(MatrixTest, PanelLayoutRoundTrips) {
+  for (int bits : {2, 3, 4}) {
+    for (int group : {64, 0, 128, 256}) {
+      for (const Shape& s : kShapes) {
+        SCOPED_TRACE(::testing::Message() << "b" << bits << " g" << group << " " << s.rows << "x" << s.cols);
+        std::mt19937 rng(bits + group + s.rows * 31 + s.cols);
+        const auto w = RandomVec(static_cast<size_t>(s.rows) * s.cols, &rng);
+        const QuantizedWeights q = QuantizeRtn(w.data(), s.rows, s.cols, {bits, group});
+        auto panels = QuantMatrix::Create(q, QuantLayout::kPanels);
+        auto rows = QuantMatrix::Create(q, QuantLayout::kRows);
+        ASSERT_TRUE(panels.ok() && rows.ok());
+        ASSERT_TRUE((*panels)->panels());
+        const PackedQuant a = (*panels)->packed(), b = (*rows)->packed();
+        ASSERT_TRUE(std::equal(a.packed.begin(), a.packed.end(), b.packed.begin(), b.packed.end()));
+        ASSERT_EQ(a.scale_f16, b.scale_f16);
+        ASSERT_EQ(a.min_f16, b.min_f16);
+        const QuantizedWeights ua = (*panels)->Unpack(), ub = (*rows)->Unpack();
+        ASSERT_EQ(ua.codes, q.codes);
+        ASSERT_EQ(ua.codes, ub.codes);
+        ASSERT_EQ(ua.scale, ub.scale);
+        ASSERT_EQ(ua.min, ub.min);
+        ASSERT_EQ((*panels)->Dequantize(), (*rows)->Dequantize());
+        // Back from the file layout into panels: the same matrix again.
+        auto again = QuantMatrix::FromPacked(a, QuantLayout::kPanels);
+        ASSERT_TRUE(again.ok()) << again.status();
+        ASSERT_EQ((*again)->Dequantize(), (*rows)->Dequantize());
       }
     }
   }
@@ -456,9 +554,10 @@ TEST(MatrixTest, QuantDequantizeRowExactAndRoundTrip) {
           auto m2 = QuantMatrix::FromPacked((*m)->packed());
           ASSERT_TRUE(m2.ok()) << m2.status();
           ASSERT_EQ((*m2)->Dequantize(), (*m)->Dequantize());
-          ASSERT_EQ((*m)->StorageBytes(),
-                    static_cast<size_t>(s.rows) * ((s.cols + 31) / 32) * QuantBlockBytes(bits) +
-                        4 * static_cast<size_t>(s.rows) * q.groups());
+          // Panels store whole panels of 16 rows (the last padded).
+          const size_t stored_rows = (*m)->panels() ? static_cast<size_t>(s.rows + 15) / 16 * 16 : s.rows;
+          ASSERT_EQ((*m)->StorageBytes(), stored_rows * ((s.cols + 31) / 32) * QuantBlockBytes(bits) +
+                                              4 * stored_rows * q.groups());
         }
       }
     }

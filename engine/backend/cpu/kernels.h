@@ -42,6 +42,10 @@ struct QuantView {
   int bpg = 1;         // blocks per group (the last group may have fewer)
   int bits = 4;
   size_t row_bytes = 0;  // blocks * QuantBlockBytes(bits)
+  // Panel layout (quant_pack.h): codes in panels of 16 rows (16 * row_bytes bytes
+  // each), scale and min as F16 [ceil(rows / 16)][groups][16] (0 past the last
+  // row). Only quant_panel_gemm takes such a view.
+  bool panels = false;
 };
 
 // Rank-interleaved copy of a group-wise quantized matrix W [rows][cols], for the
@@ -97,6 +101,12 @@ struct KernelTable {
   // Indexed by bits (2, 3, 4); other entries null.
   void (*quant_gemm[5])(const QuantView& w, const QActView& x, float* y, int ldy, int r0,
                         int r1) = {};
+  // The same product on a view in panel layout (QuantView::panels).
+  void (*quant_panel_gemm[5])(const QuantView& w, const QActView& x, float* y, int ldy, int r0,
+                              int r1) = {};
+  // Whether matrices created while this table is active take the panel layout
+  // (where its quant_panel_gemm is the fast kernel).
+  bool prefers_quant_panels = false;
   void (*quant_acc_t[5])(const QuantView& w, const float* u, int ldu, int n, int r, float* y,
                          int ldy, int c0, int c1) = {};
   void (*quant_dequant_row[5])(const QuantView& w, int r, float* out) = {};

@@ -690,6 +690,120 @@ void QuantGemmPanels(const QuantView& w, const QActView& x, float* y, int ldy, i
   });
 }
 
+// ---- Panel layout (QuantView::panels): 16 rows interleaved per vector -------------
+// The codes are stored the way QuantGemmPanels above lays them out in scratch
+// (quant_pack.h), so any number of activation rows, one included, runs the panel
+// arithmetic straight from memory: per 64 codes of 16 rows one unpack (an affine
+// transform, plus a masked add for 3-bit) and one vpdpbusd per activation row,
+// and one conversion and FMA per 16 rows and pair. Against the per-row kernel
+// (unpack, vpdpbusd, conversion and FMA per row and pair) that is about half the
+// vector work of a batch-1 product (docs/performance.md). The epilogue is
+// PanelTileVnni's, so a row's result has the same bits for every batch size.
+
+// Group t of a pair unit: the 64-code vectors 2t, 2t + 1 (4-bit) or 4t..4t+3.
+template <int kBits>
+inline void UnpackPanelGroup(const uint8_t* g, __m512i* v) {
+  const __m512i x = _mm512_loadu_si512(g);
+  if constexpr (kBits == 4) {
+    v[0] = _mm512_and_si512(x, _mm512_set1_epi8(0x0F));
+    v[1] = _mm512_gf2p8affine_epi64_epi8(x, _mm512_set1_epi64(NibbleMatrix(1)), 0);
+  } else {
+    EORA_UNROLL for (int j = 0; j < 4; ++j) {
+      v[j] = _mm512_gf2p8affine_epi64_epi8(x, _mm512_set1_epi64(Plane2Matrix(j)), 0);
+      if constexpr (kBits == 3)
+        v[j] = _mm512_mask_add_epi8(v[j], _cvtu64_mask64(Load64(g + 64 + 8 * j)), v[j], _mm512_set1_epi8(0x04));
+    }
+  }
+}
+
+// c[chain][m] += the dots of the first kGroups groups of a pair unit with
+// activation row m (bytes from q[m] + off). Two chains of accumulation for one or
+// two rows (the vpdpbusd latency), one for more.
+template <int kBits, int kM, int kGroups, int kChains>
+inline void PanelUnitDots(const uint8_t* unit, const int8_t* const* q, size_t off, __m512i (*c)[kM]) {
+  constexpr int kGV = kBits == 4 ? 2 : 4, kGB = kBits == 3 ? 96 : 64;  // quant_pack.h
+  EORA_UNROLL for (int t = 0; t < kGroups; ++t) {
+    __m512i v[kGV];
+    UnpackPanelGroup<kBits>(unit + kGB * t, v);
+    EORA_UNROLL for (int j = 0; j < kGV; ++j) {
+      const int k4 = kGV * t + j;
+      EORA_UNROLL for (int m = 0; m < kM; ++m) {
+        int32_t a;
+        std::memcpy(&a, q[m] + off + 4 * k4, 4);
+        c[k4 % kChains][m] = _mm512_dpbusd_epi32(c[k4 % kChains][m], v[j], _mm512_set1_epi32(a));
+      }
+    }
+  }
+}
+
+// kM activation rows from t0 against panel pn; stores the rows of store_mask.
+template <int kBits, int kM>
+void PanelStoredTile(const QuantView& w, const QActView& x, int pn, const int* pair_group, float* y, int ldy,
+                     __mmask16 store_mask, int t0) {
+  constexpr int kGV = kBits == 4 ? 2 : 4;
+  constexpr int kChains = kM <= 2 ? 2 : 1;
+  const TileRows<kM> rows(x, t0);
+  const int np = (w.blocks + 1) / 2;
+  const bool half_last = w.blocks % 2 != 0;
+  const uint8_t* panel = w.codes + static_cast<size_t>(pn) * w.blocks * 64 * kBits;  // PanelBytes
+  const uint16_t* sc = w.scale + static_cast<size_t>(pn) * w.groups * 16;
+  const uint16_t* mn = w.min + static_cast<size_t>(pn) * w.groups * 16;
+  __m512 acc[kM];
+  EORA_UNROLL for (int m = 0; m < kM; ++m) acc[m] = _mm512_setzero_ps();
+  for (int p = 0; p < np; ++p) {
+    const uint8_t* unit = panel + static_cast<size_t>(p) * 128 * kBits;  // PanelPairOffset
+    __m512i c[kChains][kM];
+    EORA_UNROLL for (int h = 0; h < kChains; ++h)
+      EORA_UNROLL for (int m = 0; m < kM; ++m) c[h][m] = _mm512_setzero_si512();
+    const size_t off = 64 * static_cast<size_t>(p);
+    if (half_last && p == np - 1) PanelUnitDots<kBits, kM, 8 / kGV, kChains>(unit, rows.q, off, c);
+    else PanelUnitDots<kBits, kM, 16 / kGV, kChains>(unit, rows.q, off, c);
+    const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 16 * pair_group[p])));
+    EORA_UNROLL for (int m = 0; m < kM; ++m) {
+      const __m512i ci = kChains == 2 ? _mm512_add_epi32(c[0][m], c[kChains - 1][m]) : c[0][m];
+      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(ci), _mm512_set1_ps(rows.d[m][2 * p]));
+      acc[m] = _mm512_fmadd_ps(v, sv, acc[m]);
+    }
+  }
+  for (int g = 0; g < w.groups; ++g) {
+    const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + 16 * g)));
+    EORA_UNROLL for (int m = 0; m < kM; ++m)
+      acc[m] = _mm512_fmadd_ps(mv, _mm512_set1_ps(x.gsum[static_cast<size_t>(t0 + m) * x.groups + g]), acc[m]);
+  }
+  EORA_UNROLL for (int m = 0; m < kM; ++m)
+    _mm512_mask_storeu_ps(y + static_cast<size_t>(t0 + m) * ldy + 16 * pn, store_mask, acc[m]);
+}
+
+using PanelStoredTileFn = void (*)(const QuantView&, const QActView&, int, const int*, float*, int, __mmask16, int);
+template <int kBits>
+constexpr PanelStoredTileFn kPanelStoredTiles[kPanelTile + 1] = {
+    nullptr,
+    PanelStoredTile<kBits, 1>,  PanelStoredTile<kBits, 2>,  PanelStoredTile<kBits, 3>,  PanelStoredTile<kBits, 4>,
+    PanelStoredTile<kBits, 5>,  PanelStoredTile<kBits, 6>,  PanelStoredTile<kBits, 7>,  PanelStoredTile<kBits, 8>,
+    PanelStoredTile<kBits, 9>,  PanelStoredTile<kBits, 10>, PanelStoredTile<kBits, 11>, PanelStoredTile<kBits, 12>};
+
+// The portable kernel, for activations whose scale runs are odd (not produced by
+// QuantizedActivations).
+void (*g_generic_panel_quant[5])(const QuantView&, const QActView&, float*, int, int, int) = {};
+
+template <int kBits>
+void QuantPanelGemm(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
+  if (x.span % 2 != 0) return g_generic_panel_quant[kBits](w, x, y, ldy, r0, r1);
+  const int np = (w.blocks + 1) / 2;
+  int* pair_group = reinterpret_cast<int*>(ScratchFloats(static_cast<size_t>(np), 0));
+  PairGroups(w, np, pair_group);
+  // A range that starts or ends inside a panel computes the whole panel and
+  // stores its own rows (the same bits as any other split).
+  for (int pn = r0 / 16; 16 * pn < r1; ++pn) {
+    const int lo = r0 > 16 * pn ? r0 - 16 * pn : 0;
+    const int hi = r1 < 16 * pn + 16 ? r1 - 16 * pn : 16;
+    const __mmask16 store_mask = static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+    ForEachTile(x.n, kPanelTile, [&](int t0, int m) {
+      kPanelStoredTiles<kBits>[m](w, x, pn, pair_group, y, ldy, store_mask, t0);
+    });
+  }
+}
+
 template <int kBits>
 void QuantGemmVnni(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
   if (x.span % 2 != 0 || (w.groups > 1 && w.bpg % 2 != 0))
@@ -1016,6 +1130,11 @@ void FillAvx512Kernels(KernelTable* t) {
   t->quant_gemm[2] = QuantGemmVnni<2>;
   t->quant_gemm[3] = QuantGemmVnni<3>;
   t->quant_gemm[4] = QuantGemmVnni<4>;
+  for (int b = 2; b <= 4; ++b) g_generic_panel_quant[b] = t->quant_panel_gemm[b];
+  t->quant_panel_gemm[2] = QuantPanelGemm<2>;
+  t->quant_panel_gemm[3] = QuantPanelGemm<3>;
+  t->quant_panel_gemm[4] = QuantPanelGemm<4>;
+  t->prefers_quant_panels = true;
   // The B side of low-rank products: always the int8 kernel here (QuantMatrix takes
   // quant_acc_t_i8 whenever the table has it; the float entries stay the AVX2 ones).
   t->quant_acc_t_i8 = QuantAccTI8;

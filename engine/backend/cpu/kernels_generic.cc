@@ -76,13 +76,17 @@ void DenseAccT(const void* w, int cols, const float* u, int ldu, int n, int r, f
   }
 }
 
-template <int kBits>
+// Group g's scale and min of row r, in either layout.
+inline size_t ScaleIndex(const QuantView& w, int r, int g) {
+  if (!w.panels) return static_cast<size_t>(r) * w.groups + g;
+  return (static_cast<size_t>(r / 16) * w.groups + g) * 16 + r % 16;
+}
+
+template <int kBits, bool kPanels>
 void QuantGemm(const QuantView& w, const QActView& x, float* y, int ldy, int r0, int r1) {
   uint8_t codes[32];
   for (int r = r0; r < r1; ++r) {
     const uint8_t* row = w.codes + static_cast<size_t>(r) * w.row_bytes;
-    const uint16_t* sc = w.scale + static_cast<size_t>(r) * w.groups;
-    const uint16_t* mn = w.min + static_cast<size_t>(r) * w.groups;
     for (int t = 0; t < x.n; ++t) {
       const int8_t* q = x.q + static_cast<size_t>(t) * x.padded_cols;
       const float* d = x.d + static_cast<size_t>(t) * x.nb;
@@ -92,12 +96,14 @@ void QuantGemm(const QuantView& w, const QActView& x, float* y, int ldy, int r0,
         const int b1 = std::min(w.blocks, (g + 1) * w.bpg);
         float ga = 0.f;
         for (int b = g * w.bpg; b < b1; ++b) {
-          UnpackBlock(kBits, row + static_cast<size_t>(b) * QuantBlockBytes(kBits), codes, b, w.blocks);
+          if constexpr (kPanels) UnpackPanelBlock(kBits, w.codes, w.blocks, r, b, codes);
+          else UnpackBlock(kBits, row + static_cast<size_t>(b) * QuantBlockBytes(kBits), codes, b, w.blocks);
           int dot = 0;
           for (int i = 0; i < 32; ++i) dot += codes[i] * q[b * 32 + i];
           ga += d[b] * static_cast<float>(dot);
         }
-        acc += F16ToF32(sc[g]) * ga + F16ToF32(mn[g]) * gs[g];
+        const size_t si = ScaleIndex(w, r, g);
+        acc += F16ToF32(w.scale[si]) * ga + F16ToF32(w.min[si]) * gs[g];
       }
       y[static_cast<size_t>(t) * ldy + r] = acc;
     }
@@ -217,9 +223,12 @@ void FillGenericKernels(KernelTable* t) {
   t->dense_acc_t[kDenseF32] = DenseAccT<kDenseF32>;
   t->dense_acc_t[kDenseF16] = DenseAccT<kDenseF16>;
   t->dense_acc_t[kDenseBF16] = DenseAccT<kDenseBF16>;
-  t->quant_gemm[2] = QuantGemm<2>;
-  t->quant_gemm[3] = QuantGemm<3>;
-  t->quant_gemm[4] = QuantGemm<4>;
+  t->quant_gemm[2] = QuantGemm<2, false>;
+  t->quant_gemm[3] = QuantGemm<3, false>;
+  t->quant_gemm[4] = QuantGemm<4, false>;
+  t->quant_panel_gemm[2] = QuantGemm<2, true>;
+  t->quant_panel_gemm[3] = QuantGemm<3, true>;
+  t->quant_panel_gemm[4] = QuantGemm<4, true>;
   t->quant_acc_t[2] = QuantAccT<2>;
   t->quant_acc_t[3] = QuantAccT<3>;
   t->quant_acc_t[4] = QuantAccT<4>;

@@ -102,6 +102,79 @@ inline void UnpackBlock(int bits, const uint8_t* p, uint8_t* c, int block, int r
   AddHighBits(Load32(pair + 16 + 4 * half), c);
 }
 
+// ---- Panel layout (in memory only; docs/formats.md "Panels of 16 rows") -----------
+// Rows in panels of 16 (the last padded with zero codes), and per panel the pairs of
+// blocks in order, one unit of 128 * bits bytes per pair (64 * bits for a row's
+// lone last block). A unit holds 16 vectors k4 = 0..15 (8 for a lone block) of 64
+// codes: byte 4i + e of vector k4 = code of panel row i, pair column 4k4 + e. The
+// vectors are stored in groups:
+//   4-bit: 2 vectors per 64 bytes, vector 2t + h in the nibble h of group t;
+//   2-bit: 4 vectors per 64 bytes, vector 4t + j at bits 2j, 2j + 1 of group t;
+//   3-bit: 4 vectors per 96 bytes: their low bits as in 2-bit (64 bytes), then per
+//          vector j a 64-bit word whose bit b is the high bit of byte b.
+// A panel of a row of `blocks` blocks takes 16 * blocks * QuantBlockBytes(bits) bytes.
+inline size_t PanelBytes(int bits, int blocks) { return static_cast<size_t>(blocks) * 64 * bits; }
+
+// Byte offset of vector k4 of the pair at `pair` in its panel, and its code's
+// position inside the group (nibble, crumb).
+inline size_t PanelPairOffset(int bits, int pair) { return static_cast<size_t>(pair) * 128 * bits; }
+inline int PanelGroupVectors(int bits) { return bits == 4 ? 2 : 4; }
+inline int PanelGroupBytes(int bits) { return bits == 3 ? 96 : 64; }
+
+// Code c (0..31) of block `block` of panel row i (0..15).
+inline uint8_t PanelCode(int bits, const uint8_t* panel, int block, int i, int c) {
+  const int k = 32 * (block % 2) + c, k4 = k / 4, e = k % 4;
+  const int gv = PanelGroupVectors(bits);
+  const uint8_t* g = panel + PanelPairOffset(bits, block / 2) + static_cast<size_t>(k4 / gv) * PanelGroupBytes(bits);
+  const int slot = k4 % gv, byte = 4 * i + e;
+  const int field = bits == 4 ? 4 : 2;
+  uint8_t code = static_cast<uint8_t>((g[byte] >> (field * slot)) & ((1 << field) - 1));
+  if (bits == 3) code = static_cast<uint8_t>(code | (((g[64 + 8 * slot + byte / 8] >> (byte % 8)) & 1) << 2));
+  return code;
+}
+
+// Encodes nvec vectors of 64 codes (vec[k4 * 64 + byte]) into one pair's unit at
+// out, and back.
+inline void PackPanelUnit(int bits, const uint8_t* vec, int nvec, uint8_t* out) {
+  const int gv = PanelGroupVectors(bits), gb = PanelGroupBytes(bits);
+  std::memset(out, 0, static_cast<size_t>(nvec / gv) * gb);
+  for (int k4 = 0; k4 < nvec; ++k4) {
+    uint8_t* g = out + static_cast<size_t>(k4 / gv) * gb;
+    const int slot = k4 % gv;
+    const uint8_t* v = vec + 64 * k4;
+    if (bits == 4) {
+      for (int b = 0; b < 64; ++b) g[b] = static_cast<uint8_t>(g[b] | ((v[b] & 15) << (4 * slot)));
+      continue;
+    }
+    uint64_t h = 0;
+    for (int b = 0; b < 64; ++b) {
+      g[b] = static_cast<uint8_t>(g[b] | ((v[b] & 3) << (2 * slot)));
+      h |= static_cast<uint64_t>((v[b] >> 2) & 1) << b;
+    }
+    if (bits == 3) std::memcpy(g + 64 + 8 * slot, &h, 8);
+  }
+}
+inline void UnpackPanelUnit(int bits, const uint8_t* in, int nvec, uint8_t* vec) {
+  const int gv = PanelGroupVectors(bits), gb = PanelGroupBytes(bits);
+  for (int k4 = 0; k4 < nvec; ++k4) {
+    const uint8_t* g = in + static_cast<size_t>(k4 / gv) * gb;
+    const int slot = k4 % gv;
+    uint8_t* v = vec + 64 * k4;
+    if (bits == 4) {
+      for (int b = 0; b < 64; ++b) v[b] = (g[b] >> (4 * slot)) & 15;
+      continue;
+    }
+    const uint64_t h = bits == 3 ? Load64(g + 64 + 8 * slot) : 0;
+    for (int b = 0; b < 64; ++b) v[b] = static_cast<uint8_t>(((g[b] >> (2 * slot)) & 3) | (((h >> b) & 1) << 2));
+  }
+}
+
+// The 32 codes of block `block` of matrix row r (panel storage at `codes`).
+inline void UnpackPanelBlock(int bits, const uint8_t* codes, int blocks, int r, int block, uint8_t* out) {
+  const uint8_t* panel = codes + static_cast<size_t>(r / 16) * PanelBytes(bits, blocks);
+  for (int c = 0; c < 32; ++c) out[c] = PanelCode(bits, panel, block, r % 16, c);
+}
+
 // Earlier 3-bit layouts, read when a file of that version is loaded.
 // Version 1: every block [L 8][H 4], code k's high bit at bit 8 * (k % 4) + k / 4.
 // Version 2: even blocks [L 8][H 4], odd ones [H 4][L 8], bit k of H = code k's.

@@ -61,9 +61,11 @@ struct PackedOnDevice {
 
 absl::StatusOr<PackedOnDevice> UploadPacked(const QuantMatrix& q) {
   PackedOnDevice d;
-  EORA_ASSIGN_OR_RETURN_CUDA(codes, ToDevice(q.packed_codes()));
-  EORA_ASSIGN_OR_RETURN_CUDA(scale, ToDevice(q.scale_f16()));
-  EORA_ASSIGN_OR_RETURN_CUDA(mins, ToDevice(q.min_f16()));
+  // The device kernels read the file layout (the CPU copy may be in panels).
+  const PackedQuant p = q.packed();
+  EORA_ASSIGN_OR_RETURN_CUDA(codes, ToDevice(p.packed));
+  EORA_ASSIGN_OR_RETURN_CUDA(scale, ToDevice(p.scale_f16));
+  EORA_ASSIGN_OR_RETURN_CUDA(mins, ToDevice(p.min_f16));
   d.codes = std::move(codes);
   d.scale = std::move(scale);
   d.min = std::move(mins);
