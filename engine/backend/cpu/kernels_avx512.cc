@@ -760,7 +760,8 @@ void PanelStoredTile(const QuantView& w, const QActView& x, int pn, const int* p
     else PanelUnitDots<kBits, kM, 16 / kGV, kChains>(unit, rows.q, off, c);
     const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 16 * pair_group[p])));
     EORA_UNROLL for (int m = 0; m < kM; ++m) {
-      const __m512i ci = kChains == 2 ? _mm512_add_epi32(c[0][m], c[kChains - 1][m]) : c[0][m];
+      __m512i ci = c[0][m];
+      EORA_UNROLL for (int h = 1; h < kChains; ++h) ci = _mm512_add_epi32(ci, c[h][m]);
       const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(ci), _mm512_set1_ps(rows.d[m][2 * p]));
       acc[m] = _mm512_fmadd_ps(v, sv, acc[m]);
     }
