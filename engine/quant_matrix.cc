@@ -321,16 +321,8 @@ void QuantMatrix::AccumulateTransposed(const float* u, int ldu, int n, int r, fl
   }
   if (!panels_) return k.quant_acc_t[p_.spec.bits](view(), u, ldu, n, r, y, ldy, c0, c1);
   // Panels without the int8 kernel (a table chosen below the one that made them):
-  // row by row, in float.
-  std::vector<float> row(cols());
-  for (int j = 0; j < r; ++j) {
-    DequantizeRow(j, row.data());
-    for (int t = 0; t < n; ++t) {
-      const float uj = u[static_cast<size_t>(t) * ldu + j];
-      float* yt = y + static_cast<size_t>(t) * ldy;
-      for (int c = c0; c < c1; ++c) yt[c] += uj * row[c];
-    }
-  }
+  // the generic row-by-row product on dequantized rows.
+  Matrix::AccumulateTransposed(u, ldu, n, r, y, ldy, c0, c1);
 }
 
 void QuantMatrix::PrepareAccumulateTransposed() const {

@@ -44,6 +44,14 @@ std::vector<std::string> Isas() {
   return out;
 }
 
+// The ISAs with the AVX-512 VNNI quantized kernels that this CPU runs.
+std::vector<std::string> VnniIsas() {
+  std::vector<std::string> out;
+  for (const std::string& isa : Isas())
+    if (isa == "avx512" || isa == "amx") out.push_back(isa);
+  return out;
+}
+
 // Restores the default ISA at the end of a test.
 class IsaGuard {
  public:
@@ -237,9 +245,7 @@ TEST(MatrixTest, MatMulRowsAllFormatsIsasShapes) {
 // the same order), and the two ISAs give the same bits (on CPUs with AMX).
 TEST(MatrixTest, QuantRowsOfLargeBatchesIndependentOfTheBatch) {
   IsaGuard guard;
-  std::vector<std::string> isas;
-  for (const std::string& isa : Isas())
-    if (isa == "avx512" || isa == "amx") isas.push_back(isa);
+  const std::vector<std::string> isas = VnniIsas();
   if (isas.empty()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   for (int bits : {2, 3, 4}) {
     for (int group : {64, 0, 128}) {
@@ -280,9 +286,7 @@ TEST(MatrixTest, QuantRowsOfLargeBatchesIndependentOfTheBatch) {
 // equal those of the file layout's weight-panel kernel (8 or more rows).
 TEST(MatrixTest, PanelRowsIndependentOfTheBatchAndEqualToRowPanels) {
   IsaGuard guard;
-  std::vector<std::string> isas;
-  for (const std::string& isa : Isas())
-    if (isa == "avx512" || isa == "amx") isas.push_back(isa);
+  const std::vector<std::string> isas = VnniIsas();
   if (isas.empty()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
   for (int bits : {2, 3, 4}) {
     for (int group : {64, 0, 128}) {
