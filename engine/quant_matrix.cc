@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -41,26 +42,43 @@ bool RowsForced() {
   return forced;
 }
 
+// f(pn0, pn1) over [0, panels) in disjoint ranges, on up to 16 threads when the
+// matrix is large (the layout conversion of a 7B model's weights would otherwise
+// take tens of seconds on one core).
+template <typename F>
+void ForPanelRanges(int panels, size_t codes, F&& f) {
+  const unsigned hw = std::thread::hardware_concurrency();
+  const int workers = codes < (size_t{1} << 22) || hw < 2 ? 1 : static_cast<int>(std::min(hw, 16u));
+  if (workers == 1 || panels < 2 * workers) return f(0, panels);
+  std::vector<std::thread> threads;
+  const int per = (panels + workers - 1) / workers;
+  for (int pn0 = per; pn0 < panels; pn0 += per) threads.emplace_back(f, pn0, std::min(panels, pn0 + per));
+  f(0, per);
+  for (std::thread& t : threads) t.join();
+}
+
 // The file layout of p (codes, scales, mins) rewritten in panels of 16 rows.
 void RowsToPanels(PackedQuant* p, int blocks, int groups) {
   const int bits = p->spec.bits, bb = cpu::QuantBlockBytes(bits);
   const int panels = (p->rows + 15) / 16, np = (blocks + 1) / 2;
   const size_t row_bytes = static_cast<size_t>(blocks) * bb, pbytes = cpu::PanelBytes(bits, blocks);
   WeightVector<uint8_t> out(static_cast<size_t>(panels) * pbytes);
-  uint8_t vec[16 * 64], codes[64];
-  for (int pn = 0; pn < panels; ++pn) {
-    for (int j = 0; j < np; ++j) {
-      const int nvec = 2 * j + 1 < blocks ? 16 : 8;
-      std::memset(vec, 0, sizeof(vec));
-      for (int i = 0; i < 16 && 16 * pn + i < p->rows; ++i) {
-        const uint8_t* row = p->packed.data() + static_cast<size_t>(16 * pn + i) * row_bytes;
-        cpu::UnpackBlock(bits, row + static_cast<size_t>(2 * j) * bb, codes, 2 * j, blocks);
-        if (nvec == 16) cpu::UnpackBlock(bits, row + static_cast<size_t>(2 * j + 1) * bb, codes + 32, 2 * j + 1, blocks);
-        for (int k = 0; k < 4 * nvec; ++k) vec[64 * (k / 4) + 4 * i + k % 4] = codes[k];
+  ForPanelRanges(panels, static_cast<size_t>(p->rows) * p->cols, [&](int pn0, int pn1) {
+    uint8_t vec[16 * 64], codes[64];
+    for (int pn = pn0; pn < pn1; ++pn) {
+      for (int j = 0; j < np; ++j) {
+        const int nvec = 2 * j + 1 < blocks ? 16 : 8;
+        std::memset(vec, 0, sizeof(vec));
+        for (int i = 0; i < 16 && 16 * pn + i < p->rows; ++i) {
+          const uint8_t* row = p->packed.data() + static_cast<size_t>(16 * pn + i) * row_bytes;
+          cpu::UnpackBlock(bits, row + static_cast<size_t>(2 * j) * bb, codes, 2 * j, blocks);
+          if (nvec == 16) cpu::UnpackBlock(bits, row + static_cast<size_t>(2 * j + 1) * bb, codes + 32, 2 * j + 1, blocks);
+          for (int k = 0; k < 4 * nvec; ++k) vec[64 * (k / 4) + 4 * i + k % 4] = codes[k];
+        }
+        cpu::PackPanelUnit(bits, vec, nvec, out.data() + pn * pbytes + cpu::PanelPairOffset(bits, j));
       }
-      cpu::PackPanelUnit(bits, vec, nvec, out.data() + pn * pbytes + cpu::PanelPairOffset(bits, j));
     }
-  }
+  });
   std::vector<uint16_t> sc(static_cast<size_t>(panels) * groups * 16, 0), mn(sc.size(), 0);
   for (int r = 0; r < p->rows; ++r)
     for (int g = 0; g < groups; ++g) {
@@ -85,20 +103,22 @@ PackedQuant PanelsToRows(const PackedQuant& p, int blocks, int groups) {
   out.packed.assign(static_cast<size_t>(p.rows) * row_bytes, 0);
   out.scale_f16.resize(static_cast<size_t>(p.rows) * groups);
   out.min_f16.resize(out.scale_f16.size());
-  uint8_t vec[16 * 64], codes[64];
-  for (int pn = 0; pn * 16 < p.rows; ++pn) {
-    for (int j = 0; j < np; ++j) {
-      const int nvec = 2 * j + 1 < blocks ? 16 : 8;
-      cpu::UnpackPanelUnit(bits, p.packed.data() + pn * pbytes + cpu::PanelPairOffset(bits, j), nvec, vec);
-      for (int i = 0; i < 16 && 16 * pn + i < p.rows; ++i) {
-        uint8_t* row = out.packed.data() + static_cast<size_t>(16 * pn + i) * row_bytes;
-        for (int k = 0; k < 4 * nvec; ++k) codes[k] = vec[64 * (k / 4) + 4 * i + k % 4];
-        // (a 3-bit pair shares its bytes: pack both blocks, the odd one second)
-        cpu::PackBlock(bits, codes, row + static_cast<size_t>(2 * j) * bb, 2 * j, blocks);
-        if (nvec == 16) cpu::PackBlock(bits, codes + 32, row + static_cast<size_t>(2 * j + 1) * bb, 2 * j + 1, blocks);
+  ForPanelRanges((p.rows + 15) / 16, static_cast<size_t>(p.rows) * p.cols, [&](int pn0, int pn1) {
+    uint8_t vec[16 * 64], codes[64];
+    for (int pn = pn0; pn < pn1; ++pn) {
+      for (int j = 0; j < np; ++j) {
+        const int nvec = 2 * j + 1 < blocks ? 16 : 8;
+        cpu::UnpackPanelUnit(bits, p.packed.data() + pn * pbytes + cpu::PanelPairOffset(bits, j), nvec, vec);
+        for (int i = 0; i < 16 && 16 * pn + i < p.rows; ++i) {
+          uint8_t* row = out.packed.data() + static_cast<size_t>(16 * pn + i) * row_bytes;
+          for (int k = 0; k < 4 * nvec; ++k) codes[k] = vec[64 * (k / 4) + 4 * i + k % 4];
+          // (a 3-bit pair shares its bytes: pack both blocks, the odd one second)
+          cpu::PackBlock(bits, codes, row + static_cast<size_t>(2 * j) * bb, 2 * j, blocks);
+          if (nvec == 16) cpu::PackBlock(bits, codes + 32, row + static_cast<size_t>(2 * j + 1) * bb, 2 * j + 1, blocks);
+        }
       }
     }
-  }
+  });
   for (int r = 0; r < p.rows; ++r)
     for (int g = 0; g < groups; ++g) {
       const size_t from = (static_cast<size_t>(r / 16) * groups + g) * 16 + r % 16;

@@ -308,7 +308,9 @@ TEST(MatrixTest, PanelRowsIndependentOfTheBatchAndEqualToRowPanels) {
           std::vector<float> y(static_cast<size_t>(n) * ldy), yr(y.size());
           MatMul(**panels, x.data(), n, ldx, y.data(), ldy, nullptr, &scratch);
           MatMul(**rows, x.data(), n, ldx, yr.data(), ldy, nullptr, &scratch);
-          if (isa == "avx512") ASSERT_EQ(y, yr) << "panels differ from the file layout's weight panels";
+          if (isa == "avx512") {
+            ASSERT_EQ(y, yr) << "panels differ from the file layout's weight panels";
+          }
           for (const auto& [t0, count] : {std::pair{0, 1}, std::pair{5, 1}, std::pair{3, 2}, std::pair{7, 5},
                                           std::pair{9, 12}, std::pair{13, 13}}) {
             std::vector<float> ys(static_cast<size_t>(count) * ldy, -7.f);
@@ -363,6 +365,27 @@ TEST(MatrixTest, PanelLayoutRoundTrips) {
         ASSERT_EQ((*again)->Dequantize(), (*rows)->Dequantize());
       }
     }
+  }
+}
+
+// Large matrices are converted on several threads (ranges of panels).
+TEST(MatrixTest, PanelLayoutOfALargeMatrixRoundTrips) {
+  const int rows = 4100, cols = 1030;  // 4.2M codes; a partial last panel, an odd block count
+  std::mt19937 rng(5);
+  const auto w = RandomVec(static_cast<size_t>(rows) * cols, &rng);
+  const QuantizedWeights q = QuantizeRtn(w.data(), rows, cols, {3, 64});
+  auto panels = QuantMatrix::Create(q, QuantLayout::kPanels);
+  auto rows_m = QuantMatrix::Create(q, QuantLayout::kRows);
+  ASSERT_TRUE(panels.ok() && rows_m.ok());
+  const PackedQuant a = (*panels)->packed(), b = (*rows_m)->packed();
+  ASSERT_TRUE(std::equal(a.packed.begin(), a.packed.end(), b.packed.begin(), b.packed.end()));
+  ASSERT_EQ(a.scale_f16, b.scale_f16);
+  ASSERT_EQ(a.min_f16, b.min_f16);
+  std::vector<uint8_t> ca(cols), cb(cols);
+  for (int r : {0, 15, 16, 2047, 4095, 4096, 4099}) {
+    (*panels)->RowCodes(r, ca.data());
+    (*rows_m)->RowCodes(r, cb.data());
+    ASSERT_EQ(ca, cb) << r;
   }
 }
 
