@@ -1102,11 +1102,11 @@ void QuantAccTI8(const QuantAccTView& w, const float* u, int ldu, int n, int r, 
       }
       const uint8_t* p = w.il + static_cast<size_t>(cb) * w.r8 * 64;
       __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
-      const __m512i lo_mask = _mm512_set1_epi8(0x0F);
+      const __m512i lo_mask = _mm512_set1_epi8(0x0F), hi_nibble = _mm512_set1_epi64(NibbleMatrix(1));
       for (int k = 0; k < r8; ++k) {
         const __m512i v = _mm512_loadu_si512(p + 64 * static_cast<size_t>(k));
         a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, lo_mask), _mm512_set1_epi32(qv[2 * k]));
-        a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(v, 4), lo_mask), _mm512_set1_epi32(qv[2 * k + 1]));
+        a1 = _mm512_dpbusd_epi32(a1, _mm512_gf2p8affine_epi64_epi8(v, hi_nibble, 0), _mm512_set1_epi32(qv[2 * k + 1]));
       }
       const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)), ev, mv);
       const int k0 = 16 * cb;
