@@ -2,7 +2,8 @@
 // 64-row GEMM (prefill) for every weight format at the shapes of a 110M Llama
 // (dim 768, FFN 2048, vocab 32000), on 1 and 2 threads; and F32 decode batches
 // of 1, 4, 8 and 16 rows at the shapes of the bundled stories260K (dim 64, FFN
-// 172, vocab 512), where per-call overheads and register tiles dominate.
+// 172, vocab 512), where per-call overheads and register tiles dominate; and a
+// 3-bit output with and without a rank-64 low-rank term (LowRank/...).
 //
 // Counters: bytes_per_second = StorageBytes() per product (weights streamed),
 // "GMAC/s" = multiply-accumulates per second.
@@ -74,6 +75,42 @@ void BM_MatMul(benchmark::State& state, Format f, int rows, int cols, int n, int
   state.SetLabel(std::string(KernelIsaName()) + " " + m->Describe());
 }
 
+// One output of a 3-bit base with and without a low-rank term of rank `rank`
+// (factors quantized per row to `lora_bits`, as eora bench's random adapters), run
+// like the decode's module products (MatMulSharedLowRank): the in-cache cost of
+// the adapter against its base. rank 0: the base alone.
+void BM_LowRank(benchmark::State& state, Format f, int lora_bits, int rank, int rows, int cols, int n, int threads) {
+  auto m = Make(f, rows, cols);
+  std::unique_ptr<Matrix> a, bt;
+  if (rank > 0) {
+    std::mt19937 rng(rank * 7 + rows);
+    std::normal_distribution<float> dist(0.f, 0.02f);
+    std::vector<float> wa(static_cast<size_t>(rank) * cols), wb(static_cast<size_t>(rank) * rows);
+    for (auto& v : wa) v = dist(rng);
+    for (auto& v : wb) v = dist(rng);
+    a = std::move(MakeQuantizedMatrix(QuantizeRtn(wa.data(), rank, cols, {lora_bits, 0})).value());
+    bt = std::move(MakeQuantizedMatrix(QuantizeRtn(wb.data(), rank, rows, {lora_bits, 0})).value());
+    bt->PrepareAccumulateTransposed();
+  }
+  std::vector<float> x(static_cast<size_t>(n) * cols), y(static_cast<size_t>(n) * rows);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 7919) % 113) / 113.f - 0.5f;
+  ThreadPool pool(threads);
+  MatMulScratch scratch;
+  const std::vector<MatMulOutput> outs = {{m.get(), y.data(), rows}};
+  const std::vector<LowRankTerm> lr = {{a.get(), bt.get(), rank}};
+  for (auto _ : state) {
+    if (rank > 0) MatMulSharedLowRank(outs, lr, x.data(), n, cols, &pool, &scratch);
+    else MatMulShared(outs, x.data(), n, cols, &pool, &scratch);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GMAC/s"] = benchmark::Counter(
+      static_cast<double>(rows + rank) * cols * n * state.iterations() / 1e9 +
+          static_cast<double>(rank) * rows * n * state.iterations() / 1e9,
+      benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(KernelIsaName()) + " " + m->Describe());
+}
+
 int Register() {
   struct Shape {
     int rows, cols;
@@ -100,6 +137,17 @@ int Register() {
     for (int n : {4, 6, 8, 12, 16}) {
       const std::string name = std::string("MatMul/") + f.name + "/2048x768/n" + std::to_string(n) + "/t1";
       benchmark::RegisterBenchmark(name.c_str(), BM_MatMul, f, 2048, 768, n, 1)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+    }
+  }
+  // Low-rank terms on a 3-bit base (the rank-64 overhead of docs/performance.md).
+  for (const Shape& s : {Shape{768, 768}, Shape{2048, 768}, Shape{768, 2048}}) {
+    for (const auto& [rank, bits] : {std::pair{0, 3}, std::pair{64, 3}, std::pair{64, 4}}) {
+      const std::string name = std::string("LowRank/q3g64+") +
+                               (rank == 0 ? "none" : "r" + std::to_string(rank) + "q" + std::to_string(bits)) +
+                               "/" + std::to_string(s.rows) + "x" + std::to_string(s.cols) + "/n1/t1";
+      benchmark::RegisterBenchmark(name.c_str(), BM_LowRank, kFormats[6], bits, rank, s.rows, s.cols, 1, 1)
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
     }
