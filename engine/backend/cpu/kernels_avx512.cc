@@ -1070,7 +1070,7 @@ void QuantAccTI8(const QuantAccTView& w, const float* u, int ldu, int n, int r, 
     float* yt = y + static_cast<size_t>(t) * ldy;
     int cur = -1;
     __m512 ev = _mm512_setzero_ps(), mv = _mm512_setzero_ps();
-    for (int cb = cb0; cb < cb1; ++cb) {
+    for (int cb = cb0; cb < cb1;) {
       const int g = w.groups == 1 ? 0 : 16 * cb / w.group_cols;
       if (g != cur) {
         cur = g;
@@ -1100,19 +1100,44 @@ void QuantAccTI8(const QuantAccTView& w, const float* u, int ldu, int n, int r, 
         ev = _mm512_set1_ps(e);
         mv = _mm512_set1_ps(_mm512_reduce_add_ps(msum));
       }
+      // y[16 cb ..] += e * sum + min term, for the columns of [c0, c1).
+      auto store = [&](int b, __m512i sum) {
+        const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), ev, mv);
+        const int k0 = 16 * b;
+        const int lo = c0 > k0 ? c0 : k0, hi = c1 < k0 + 16 ? c1 : k0 + 16;
+        const __mmask16 m = static_cast<__mmask16>(((1u << (hi - k0)) - 1u) & ~((1u << (lo - k0)) - 1u));
+        _mm512_mask_storeu_ps(yt + k0, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, yt + k0), f));
+      };
       const uint8_t* p = w.il + static_cast<size_t>(cb) * w.r8 * 64;
-      __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
       const __m512i lo_mask = _mm512_set1_epi8(0x0F), hi_nibble = _mm512_set1_epi64(NibbleMatrix(1));
+      // Two column blocks of one group at a time: four accumulation chains, and
+      // each broadcast of v serves both.
+      if (cb + 1 < cb1 && (w.groups == 1 || 16 * (cb + 1) / w.group_cols == g)) {
+        const uint8_t* p2 = p + static_cast<size_t>(w.r8) * 64;
+        __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+        __m512i b0 = _mm512_setzero_si512(), b1 = _mm512_setzero_si512();
+        for (int k = 0; k < r8; ++k) {
+          const __m512i v = _mm512_loadu_si512(p + 64 * static_cast<size_t>(k));
+          const __m512i v2 = _mm512_loadu_si512(p2 + 64 * static_cast<size_t>(k));
+          const __m512i q0 = _mm512_set1_epi32(qv[2 * k]), q1 = _mm512_set1_epi32(qv[2 * k + 1]);
+          a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, lo_mask), q0);
+          a1 = _mm512_dpbusd_epi32(a1, _mm512_gf2p8affine_epi64_epi8(v, hi_nibble, 0), q1);
+          b0 = _mm512_dpbusd_epi32(b0, _mm512_and_si512(v2, lo_mask), q0);
+          b1 = _mm512_dpbusd_epi32(b1, _mm512_gf2p8affine_epi64_epi8(v2, hi_nibble, 0), q1);
+        }
+        store(cb, _mm512_add_epi32(a0, a1));
+        store(cb + 1, _mm512_add_epi32(b0, b1));
+        cb += 2;
+        continue;
+      }
+      __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
       for (int k = 0; k < r8; ++k) {
         const __m512i v = _mm512_loadu_si512(p + 64 * static_cast<size_t>(k));
         a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, lo_mask), _mm512_set1_epi32(qv[2 * k]));
         a1 = _mm512_dpbusd_epi32(a1, _mm512_gf2p8affine_epi64_epi8(v, hi_nibble, 0), _mm512_set1_epi32(qv[2 * k + 1]));
       }
-      const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)), ev, mv);
-      const int k0 = 16 * cb;
-      const int lo = c0 > k0 ? c0 : k0, hi = c1 < k0 + 16 ? c1 : k0 + 16;
-      const __mmask16 m = static_cast<__mmask16>(((1u << (hi - k0)) - 1u) & ~((1u << (lo - k0)) - 1u));
-      _mm512_mask_storeu_ps(yt + k0, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, yt + k0), f));
+      store(cb, _mm512_add_epi32(a0, a1));
+      ++cb;
     }
   }
 }
