@@ -82,7 +82,7 @@ void RowsToPanels(PackedQuant* p, int blocks, int groups) {
   std::vector<uint16_t> sc(static_cast<size_t>(panels) * groups * 16, 0), mn(sc.size(), 0);
   for (int r = 0; r < p->rows; ++r)
     for (int g = 0; g < groups; ++g) {
-      const size_t to = (static_cast<size_t>(r / 16) * groups + g) * 16 + r % 16;
+      const size_t to = cpu::PanelScaleIndex(groups, r, g);
       sc[to] = p->scale_f16[static_cast<size_t>(r) * groups + g];
       mn[to] = p->min_f16[static_cast<size_t>(r) * groups + g];
     }
@@ -121,7 +121,7 @@ PackedQuant PanelsToRows(const PackedQuant& p, int blocks, int groups) {
   });
   for (int r = 0; r < p.rows; ++r)
     for (int g = 0; g < groups; ++g) {
-      const size_t from = (static_cast<size_t>(r / 16) * groups + g) * 16 + r % 16;
+      const size_t from = cpu::PanelScaleIndex(groups, r, g);
       out.scale_f16[static_cast<size_t>(r) * groups + g] = p.scale_f16[from];
       out.min_f16[static_cast<size_t>(r) * groups + g] = p.min_f16[from];
     }
@@ -213,8 +213,7 @@ QuantMatrix::QuantMatrix(PackedQuant p, QuantLayout layout) : Matrix(p.rows, p.c
 }
 
 size_t QuantMatrix::ScaleIndex(int r, int g) const {
-  if (!panels_) return static_cast<size_t>(r) * groups_ + g;
-  return (static_cast<size_t>(r / 16) * groups_ + g) * 16 + r % 16;
+  return panels_ ? cpu::PanelScaleIndex(groups_, r, g) : static_cast<size_t>(r) * groups_ + g;
 }
 
 PackedQuant QuantMatrix::packed() const { return panels_ ? PanelsToRows(p_, blocks_, groups_) : p_; }

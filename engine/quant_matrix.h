@@ -107,7 +107,7 @@ class QuantMatrix final : public Matrix {
   cpu::QuantView view() const;
 
  private:
-  // p in the file layout; converted to panels when `panels`.
+  // p in the file layout; rearranged into panels where `layout` (QuantLayout) says so.
   QuantMatrix(PackedQuant p, QuantLayout layout);
   // Index of row r's group g in the scale and min vectors of p_.
   size_t ScaleIndex(int r, int g) const;

@@ -78,8 +78,7 @@ void DenseAccT(const void* w, int cols, const float* u, int ldu, int n, int r, f
 
 // Group g's scale and min of row r, in either layout.
 inline size_t ScaleIndex(const QuantView& w, int r, int g) {
-  if (!w.panels) return static_cast<size_t>(r) * w.groups + g;
-  return (static_cast<size_t>(r / 16) * w.groups + g) * 16 + r % 16;
+  return w.panels ? PanelScaleIndex(w.groups, r, g) : static_cast<size_t>(r) * w.groups + g;
 }
 
 template <int kBits, bool kPanels>

@@ -115,6 +115,12 @@ inline void UnpackBlock(int bits, const uint8_t* p, uint8_t* c, int block, int r
 // A panel of a row of `blocks` blocks takes 16 * blocks * QuantBlockBytes(bits) bytes.
 inline size_t PanelBytes(int bits, int blocks) { return static_cast<size_t>(blocks) * 64 * bits; }
 
+// Index of row r's group g in the panel layout's scales and mins, F16
+// [ceil(rows / 16)][groups][16].
+inline size_t PanelScaleIndex(int groups, int r, int g) {
+  return (static_cast<size_t>(r / 16) * groups + g) * 16 + r % 16;
+}
+
 // Byte offset of vector k4 of the pair at `pair` in its panel, and its code's
 // position inside the group (nibble, crumb).
 inline size_t PanelPairOffset(int bits, int pair) { return static_cast<size_t>(pair) * 128 * bits; }
