@@ -130,8 +130,10 @@ int Register() {
       }
     }
   }
-  // Small batches of the quantized formats, dense and 2:4 (where the kernels switch
-  // from per-row tiles to weight panels, kPanelMinRows in kernels_avx512.cc).
+  // Small batches of the quantized formats, dense and 2:4 (2:4 switches from per-row
+  // tiles to weight panels at kSparsePanelMinRows in kernels_avx512.cc; dense
+  // matrices in panels of 16 rows run one kernel for every batch, and
+  // EORA_QUANT_LAYOUT=rows shows the row layout's switch at kPanelMinRows).
   for (const Format& f : kFormats) {
     if (f.kind != 3 && f.kind != 5) continue;
     for (int n : {4, 6, 8, 12, 16}) {
