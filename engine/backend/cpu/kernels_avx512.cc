@@ -627,6 +627,31 @@ inline void PanelDots(const uint8_t* pp, const int8_t* const* q, size_t off, __m
   }
 }
 
+// The panel epilogue shared by every panel kernel (so they give the same bits,
+// and the AMX kernel's): acc[m] += float(c[m]) * d[m][pair] (rounded) times the
+// pair's weight scales sv (fused).
+template <int kM>
+inline void PanelPairEpilogue(const __m512i* c, const float* const* d, int p, __m512 sv, __m512* acc) {
+  EORA_UNROLL for (int m = 0; m < kM; ++m) {
+    const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(c[m]), _mm512_set1_ps(d[m][2 * p]));
+    acc[m] = _mm512_fmadd_ps(v, sv, acc[m]);
+  }
+}
+
+// Then the min term, group by group (mins(g): the 16 rows' mins of group g), and
+// the store of the rows in store_mask: y[t0 + m][r + i].
+template <int kM, typename Mins>
+inline void PanelMinsAndStore(const QActView& x, int t0, int groups, Mins&& mins, __m512* acc, float* y, int ldy,
+                              int r, __mmask16 store_mask) {
+  for (int g = 0; g < groups; ++g) {
+    const __m512 mv = mins(g);
+    EORA_UNROLL for (int m = 0; m < kM; ++m)
+      acc[m] = _mm512_fmadd_ps(mv, _mm512_set1_ps(x.gsum[static_cast<size_t>(t0 + m) * x.groups + g]), acc[m]);
+  }
+  EORA_UNROLL for (int m = 0; m < kM; ++m)
+    _mm512_mask_storeu_ps(y + static_cast<size_t>(t0 + m) * ldy + r, store_mask, acc[m]);
+}
+
 // kM activation rows from t0 against one panel: y[t0 + m][r + i] for i < nrows.
 template <int kM>
 void PanelTileVnni(const QActView& x, const uint8_t* panel, const float* spair, const float* mins, int np,
@@ -645,19 +670,11 @@ void PanelTileVnni(const QActView& x, const uint8_t* panel, const float* spair, 
     } else {
       PanelDots<kM, 16>(pp, q, 64 * static_cast<size_t>(p), c);
     }
-    const __m512 sv = _mm512_load_ps(spair + 16 * static_cast<size_t>(p));
-    EORA_UNROLL for (int m = 0; m < kM; ++m) {
-      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(c[m]), _mm512_set1_ps(d[m][2 * p]));
-      acc[m] = _mm512_fmadd_ps(v, sv, acc[m]);
-    }
+    PanelPairEpilogue<kM>(c, d, p, _mm512_load_ps(spair + 16 * static_cast<size_t>(p)), acc);
   }
-  for (int g = 0; g < groups; ++g) {
-    const __m512 mv = _mm512_load_ps(mins + 16 * static_cast<size_t>(g));
-    EORA_UNROLL for (int m = 0; m < kM; ++m)
-      acc[m] = _mm512_fmadd_ps(mv, _mm512_set1_ps(x.gsum[static_cast<size_t>(t0 + m) * x.groups + g]), acc[m]);
-  }
-  EORA_UNROLL for (int m = 0; m < kM; ++m)
-    _mm512_mask_storeu_ps(y + static_cast<size_t>(t0 + m) * ldy + r, store_mask, acc[m]);
+  PanelMinsAndStore<kM>(
+      x, t0, groups, [&](int g) { return _mm512_load_ps(mins + 16 * static_cast<size_t>(g)); }, acc, y, ldy, r,
+      store_mask);
 }
 
 using PanelTileFn = void (*)(const QActView&, const uint8_t*, const float*, const float*, int, int, int, float*,
@@ -758,21 +775,15 @@ void PanelStoredTile(const QuantView& w, const QActView& x, int pn, const int* p
     const size_t off = 64 * static_cast<size_t>(p);
     if (half_last && p == np - 1) PanelUnitDots<kBits, kM, 8 / kGV, kChains>(unit, rows.q, off, c);
     else PanelUnitDots<kBits, kM, 16 / kGV, kChains>(unit, rows.q, off, c);
+    EORA_UNROLL for (int h = 1; h < kChains; ++h)
+      EORA_UNROLL for (int m = 0; m < kM; ++m) c[0][m] = _mm512_add_epi32(c[0][m], c[h][m]);
     const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 16 * pair_group[p])));
-    EORA_UNROLL for (int m = 0; m < kM; ++m) {
-      __m512i ci = c[0][m];
-      EORA_UNROLL for (int h = 1; h < kChains; ++h) ci = _mm512_add_epi32(ci, c[h][m]);
-      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(ci), _mm512_set1_ps(rows.d[m][2 * p]));
-      acc[m] = _mm512_fmadd_ps(v, sv, acc[m]);
-    }
+    PanelPairEpilogue<kM>(c[0], rows.d, p, sv, acc);
   }
-  for (int g = 0; g < w.groups; ++g) {
-    const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + 16 * g)));
-    EORA_UNROLL for (int m = 0; m < kM; ++m)
-      acc[m] = _mm512_fmadd_ps(mv, _mm512_set1_ps(x.gsum[static_cast<size_t>(t0 + m) * x.groups + g]), acc[m]);
-  }
-  EORA_UNROLL for (int m = 0; m < kM; ++m)
-    _mm512_mask_storeu_ps(y + static_cast<size_t>(t0 + m) * ldy + 16 * pn, store_mask, acc[m]);
+  PanelMinsAndStore<kM>(
+      x, t0, w.groups,
+      [&](int g) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + 16 * g))); },
+      acc, y, ldy, 16 * pn, store_mask);
 }
 
 using PanelStoredTileFn = void (*)(const QuantView&, const QActView&, int, const int*, float*, int, __mmask16, int);
