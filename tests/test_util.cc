@@ -1,6 +1,9 @@
 #include "tests/test_util.h"
 
+#include <sys/wait.h>
+
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -28,6 +31,26 @@ std::string MakeTempDir(const std::string& prefix) {
   std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
   if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
   return tmpl;
+}
+
+ShResult Sh(const std::string& cmd) {
+  ShResult r;
+  FILE* p = popen((cmd + " 2>/dev/null").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  const int st = pclose(p);
+  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+std::string EoraCliPath() {
+#ifdef EORA_BINARY_DIR
+  const std::string p = std::string(EORA_BINARY_DIR) + "/bin/eora";
+  if (std::filesystem::exists(p)) return p;
+#endif
+  return "";
 }
 
 std::string ReadFileOrDie(const std::string& path) {

@@ -15,6 +15,15 @@ std::string SharedDataPath(const std::string& rel);
 // A fresh empty temporary directory (removed by the OS; tests may remove it).
 std::string MakeTempDir(const std::string& prefix);
 std::string ReadFileOrDie(const std::string& path);
+// Runs a shell command line; stdout (stderr dropped) and the exit status (-1 when
+// it did not exit normally).
+struct ShResult {
+  int rc = -1;
+  std::string out;
+};
+ShResult Sh(const std::string& cmd);
+// build/bin/eora, or "" when it is not built.
+std::string EoraCliPath();
 void WriteFileOrDie(const std::string& path, const std::string& data);
 
 // Rewrites `rows` rows of current-layout 3-bit blocks (row_bytes = 12 * blocks)

@@ -67,7 +67,11 @@ int RunBench(int argc, char** argv) {
             "fresh sequences. Reports the median of --reps runs. With --lanes L, L independent\n"
             "models (shared weights) on threads / L threads each decode batch / L sequences\n"
             "at the same time, as eora-server's lanes do; the rates are of all lanes together.\n"
-            "weight_bytes is the bytes of weights (and adapter factors) read per decode step.");
+            "weight_bytes is the bytes of weights (and adapter factors) read per decode step.\n"
+            "With --lora-rank R and --compare-base, every repetition runs twice, with and\n"
+            "without the adapter (the order alternates), and the overhead is the median of\n"
+            "the per-repetition time ratios: the two sides share the process, the weights\n"
+            "and the moment, so a shared machine's drift cancels out.");
   args.Flag("model", "PATH", "", "a .gguf file or Hugging Face directory (or use --synthetic)");
   args.Flag("synthetic", "NAME", "", "random weights with the shapes of stories260k, stories110m, llama2-7b or llama3-8b");
   args.Flag("bits", "32|16|4|3|2", "", "weight storage: 32/16 dense float, 4/3/2 group-wise quantized (RTN); default: the model file's, or 16 for --synthetic");
@@ -75,6 +79,8 @@ int RunBench(int argc, char** argv) {
   args.Switch("sparse24", "prune linear weights to 2:4 (magnitude) before storing them");
   args.Flag("lora-rank", "R", "0", "attach a random rank-R adapter to all linear layers; 0 = none");
   args.Flag("lora-bits", "32|16|4|3", "16", "adapter factor storage");
+  args.Switch("compare-base", "with --lora-rank: also time every repetition without the adapter and "
+                              "report the adapter's overhead from the paired times");
   args.Flag("batch", "B", "1", "sequences decoded together");
   args.Flag("threads", "N", DefaultThreadsString(), "worker threads");
   args.Flag("lanes", "L", "1", "independent models side by side (at most --threads and --batch)");
@@ -110,6 +116,8 @@ int RunBench(int argc, char** argv) {
   if (dctx < -1) return UsageError(cmd, "--decode-context must be -1, 0 or a token count");
   if (lanes < 1 || lanes > threads || lanes > batch)
     return UsageError(cmd, "--lanes must be between 1 and both --threads and --batch");
+  const bool compare = args.Has("compare-base");
+  if (compare && rank == 0) return UsageError(cmd, "--compare-base needs --lora-rank R > 0");
   if (group < 0 || group % 32 != 0) return UsageError(cmd, "--group-size must be 0 or a multiple of 32");
   const absl::StatusOr<KvDType> kv_dtype = KvDTypeFlag(args);
   if (!kv_dtype.ok()) return UsageError(cmd, std::string(kv_dtype.status().message()));
@@ -166,20 +174,26 @@ int RunBench(int argc, char** argv) {
         c, l.batch * (std::max(ptoks, decode_start + gtoks) + 2 * KvCache::kBlockTokens), *kv_dtype);
     l.rng.seed(static_cast<uint32_t>(seed + 1000 * i));
   }
-  std::vector<double> prefill_s, decode_s;
+  // Timings per side: [0] with the adapter (or the only side), [1] without it.
+  std::vector<double> prefill_s[2], decode_s[2];
   // Warm-up runs (not timed) until 0.3 s have passed: caches, page faults, clock
   // speed, and the BLAS threads that the linked compressor library spins up at
   // process start (they busy-wait ~0.1 s on the other cores before sleeping).
   const auto warm_until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
   bool warming = true;
-  const int r = static_cast<int>(rank);
-  for (int64_t rep = 0; rep < reps; ++rep) {
+  const int sides = compare ? 2 : 1;
+  for (int64_t step = 0; step < reps * sides; ++step) {
+    const int64_t rep = step / sides;
+    // With --compare-base the side order alternates per repetition: A B, B A, ...
+    const int side = sides == 1 ? 0 : static_cast<int>((step + rep) % 2);
+    const LowRankAdapter* use = side == 0 ? adapter.get() : nullptr;
+    const int use_rank = side == 0 ? static_cast<int>(rank) : 0;
     // Each lane runs the phases on its own thread (lane 0 on this one); the
     // barriers line the phases up, and this thread takes the times at them.
     std::chrono::steady_clock::time_point t0, tp, td, t2;
     std::barrier sync(static_cast<std::ptrdiff_t>(lanes));
     auto run = [&](BenchLane* l, bool timer) {
-      NewPrompts(l, ptoks, adapter.get(), r, c.vocab_size);
+      NewPrompts(l, ptoks, use, use_rank, c.vocab_size);
       sync.arrive_and_wait();
       if (timer) t0 = std::chrono::steady_clock::now();
       if (l->status.ok()) l->status = l->model->Forward(l->chunks, l->cache.get(), &l->logits);
@@ -187,7 +201,7 @@ int RunBench(int argc, char** argv) {
       if (timer) tp = td = std::chrono::steady_clock::now();
       if (dctx >= 0) {
         // Decode in fresh sequences holding dctx tokens (prefilled untimed).
-        NewPrompts(l, dctx, adapter.get(), r, c.vocab_size);
+        NewPrompts(l, dctx, use, use_rank, c.vocab_size);
         if (dctx > 0 && l->status.ok())
           l->status = l->model->Forward(l->chunks, l->cache.get(), &l->logits);
         sync.arrive_and_wait();
@@ -214,15 +228,31 @@ int RunBench(int argc, char** argv) {
     for (const BenchLane& l : ls)
       if (!l.status.ok()) return Fail(cmd, l.status);
     if (warming) {
-      warming = std::chrono::steady_clock::now() < warm_until;
-      --rep;
+      // Warm up whole repetitions (both sides).
+      if (step % sides == sides - 1) {
+        warming = std::chrono::steady_clock::now() < warm_until;
+        step = -1;
+      }
       continue;
     }
-    prefill_s.push_back(Seconds(t0, tp));
-    decode_s.push_back(Seconds(td, t2));
+    prefill_s[side].push_back(Seconds(t0, tp));
+    decode_s[side].push_back(Seconds(td, t2));
   }
-  const double pre = static_cast<double>(batch * ptoks) / Median(prefill_s);
-  const double dec = gtoks > 0 ? static_cast<double>(batch * gtoks) / Median(decode_s) : 0.0;
+  const double pre = static_cast<double>(batch * ptoks) / Median(prefill_s[0]);
+  const double dec = gtoks > 0 ? static_cast<double>(batch * gtoks) / Median(decode_s[0]) : 0.0;
+  // Paired comparison: the median over repetitions of (time with) / (time without) - 1.
+  auto paired_overhead = [&](const std::vector<double>* t) {
+    std::vector<double> ratio;
+    for (size_t i = 0; i < t[0].size(); ++i) ratio.push_back(t[0][i] / t[1][i] - 1.0);
+    return Median(ratio);
+  };
+  double base_pre = 0, base_dec = 0, pre_over = 0, dec_over = 0;
+  if (compare) {
+    base_pre = static_cast<double>(batch * ptoks) / Median(prefill_s[1]);
+    base_dec = gtoks > 0 ? static_cast<double>(batch * gtoks) / Median(decode_s[1]) : 0.0;
+    pre_over = paired_overhead(prefill_s);
+    dec_over = gtoks > 0 ? paired_overhead(decode_s) : 0.0;
+  }
   const size_t wbytes = weights->DecodeBytesPerToken() + (adapter ? adapter->BytesPerToken(rank) : 0);
   // Every lane reads the weights once per step of its own.
   const double steps_per_s = dec / static_cast<double>(batch) * static_cast<double>(lanes);
@@ -233,17 +263,26 @@ int RunBench(int argc, char** argv) {
         "{\"model\": \"%s\", \"format\": \"%s\", \"batch\": %lld, \"threads\": %lld, \"lanes\": %lld, "
         "\"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"decode_context\": %lld, \"lora_rank\": %lld, \"lora_bits\": %lld, "
         "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, \"weight_bytes\": %zu, "
-        "\"decode_gb_s\": %.3f, \"kv_dtype\": \"%s\", \"isa\": \"%s\"}\n",
+        "\"decode_gb_s\": %.3f, \"kv_dtype\": \"%s\", \"isa\": \"%s\"",
         name.c_str(), fmt.c_str(), static_cast<long long>(batch), static_cast<long long>(threads),
         static_cast<long long>(lanes), static_cast<long long>(ptoks), static_cast<long long>(gtoks),
         static_cast<long long>(decode_start), static_cast<long long>(rank),
         static_cast<long long>(lora_bits), pre, dec, wbytes, gbs, KvDTypeName(*kv_dtype), KernelIsaName());
+    if (compare)
+      std::printf(", \"base_prefill_tok_s\": %.2f, \"base_decode_tok_s\": %.2f, \"base_weight_bytes\": %zu, "
+                  "\"lora_prefill_overhead\": %.4f, \"lora_decode_overhead\": %.4f",
+                  base_pre, base_dec, weights->DecodeBytesPerToken(), pre_over, dec_over);
+    std::printf("}\n");
   } else {
     const std::string lane_col = lanes > 1 ? " lanes " + std::to_string(lanes) : "";
     std::printf("%-14s %-12s batch %-3lld threads %-2lld%s rank %-4lld prefill %9.1f tok/s  decode %9.1f tok/s  weights %8.2f MB/token  %6.2f GB/s  [%s]\n",
                 name.c_str(), fmt.c_str(), static_cast<long long>(batch),
                 static_cast<long long>(threads), lane_col.c_str(), static_cast<long long>(rank), pre, dec,
                 static_cast<double>(wbytes) / 1e6, gbs, KernelIsaName());
+    if (compare)
+      std::printf("%-14s without the adapter (paired)  prefill %9.1f tok/s  decode %9.1f tok/s  "
+                  "overhead: prefill %+.1f%%  decode %+.1f%% (median of %lld paired repetitions)\n",
+                  "", base_pre, base_dec, 100 * pre_over, 100 * dec_over, static_cast<long long>(reps));
   }
   return 0;
 }

@@ -305,22 +305,8 @@ TEST_F(Stories, OtherMethodsRun) {
 
 namespace eora::cli_test {
 
-struct ShResult {
-  int rc;
-  std::string out;
-};
-
-ShResult Sh(const std::string& cmd) {
-  ShResult r{-1, ""};
-  FILE* p = popen((cmd + " 2>/dev/null").c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using testing::Sh;
+using testing::ShResult;
 
 TEST(Cli, CompressFitAdapterPerplexity) {
   const std::string eora = std::string(EORA_BINARY_DIR) + "/bin/eora";

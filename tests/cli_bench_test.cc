@@ -1,0 +1,61 @@
+// `eora bench` end to end: the JSON it prints and its usage errors (skipped when
+// the eora binary is not built).
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <string>
+
+#include "tests/test_util.h"
+
+namespace eora {
+namespace {
+
+using testing::Sh;
+using testing::ShResult;
+
+// The number after "key": in a one-line JSON object, or NaN when absent.
+double JsonNumber(const std::string& json, const std::string& key) {
+  const std::string k = "\"" + key + "\": ";
+  const size_t at = json.find(k);
+  if (at == std::string::npos) return std::numeric_limits<double>::quiet_NaN();
+  return std::stod(json.substr(at + k.size()));
+}
+
+const std::string kSmall =
+    " bench --synthetic stories260k --bits 4 --batch 2 --threads 2 --prompt-tokens 8 --gen-tokens 8 --json";
+
+TEST(CliBench, CompareBaseReportsBothSidesFromOneRun) {
+  const std::string eora = testing::EoraCliPath();
+  if (eora.empty()) GTEST_SKIP() << "bin/eora not built";
+  const ShResult r = Sh(eora + kSmall + " --reps 4 --lora-rank 8 --lora-bits 3 --compare-base");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  for (const char* key : {"decode_tok_s", "base_decode_tok_s", "prefill_tok_s", "base_prefill_tok_s"})
+    EXPECT_GT(JsonNumber(r.out, key), 0.0) << key << " in " << r.out;
+  // The overheads are ratios of measured times: finite, and no side ran 100x the other.
+  for (const char* key : {"lora_decode_overhead", "lora_prefill_overhead"}) {
+    const double v = JsonNumber(r.out, key);
+    EXPECT_GT(v, -0.99) << key << " in " << r.out;
+    EXPECT_LT(v, 100.0) << key << " in " << r.out;
+  }
+  // The adapter's bytes come on top of the model's.
+  EXPECT_GT(JsonNumber(r.out, "weight_bytes"), JsonNumber(r.out, "base_weight_bytes")) << r.out;
+
+  // Without --compare-base none of the paired fields are printed.
+  const ShResult plain = Sh(eora + kSmall + " --reps 1 --lora-rank 8");
+  ASSERT_EQ(plain.rc, 0) << plain.out;
+  EXPECT_EQ(plain.out.find("base_decode_tok_s"), std::string::npos) << plain.out;
+  EXPECT_GT(JsonNumber(plain.out, "decode_tok_s"), 0.0) << plain.out;
+}
+
+TEST(CliBench, UsageErrorsExit2) {
+  const std::string eora = testing::EoraCliPath();
+  if (eora.empty()) GTEST_SKIP() << "bin/eora not built";
+  EXPECT_EQ(Sh(eora + kSmall + " --compare-base").rc, 2);  // no --lora-rank
+  EXPECT_EQ(Sh(eora + kSmall + " --lora-rank -1").rc, 2);
+  EXPECT_EQ(Sh(eora + kSmall + " --reps 0").rc, 2);
+  EXPECT_EQ(Sh(eora + " bench --synthetic nosuchmodel").rc, 2);
+  EXPECT_EQ(Sh(eora + " bench").rc, 2);  // neither --model nor --synthetic
+}
+
+}  // namespace
+}  // namespace eora
