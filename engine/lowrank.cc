@@ -78,7 +78,14 @@ size_t LowRankAdapter::resident_bytes() const {
 size_t LowRankAdapter::BytesPerToken(int r) const {
   if (max_rank_ == 0) return 0;
   r = std::clamp(r, 0, max_rank_);
-  return bytes() * static_cast<size_t>(r) / max_rank_;
+  size_t read = 0;
+  for (const auto& l : layers_)
+    for (const auto& f : l)
+      if (f.a) {
+        const size_t copy = f.bt->AuxiliaryBytes();
+        read += f.a->StorageBytes() + (copy > 0 ? copy : f.bt->StorageBytes());
+      }
+  return read * static_cast<size_t>(r) / max_rank_;
 }
 
 namespace {

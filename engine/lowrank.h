@@ -50,7 +50,8 @@ class LowRankAdapter {
   // Bytes in memory: the factors plus the kernels' copies of them (the int8 B
   // side's rank-interleaved codes, on AVX-512 CPUs). What a memory tier holds.
   size_t resident_bytes() const;
-  // Bytes read per decoded token at rank r (all adapted modules).
+  // Bytes read per decoded token at rank r (all adapted modules): A as stored, and
+  // B's kernel copy where the B side reads one (else B as stored).
   size_t BytesPerToken(int r) const;
 
  private:

@@ -355,20 +355,26 @@ size_t QuantMatrix::TransposedCopyBytes() const {
 
 const cpu::QuantAccTView& QuantMatrix::TransposedCopy() const {
   std::call_once(tc_once_, [this] {
-    const int R = rows(), C = cols();
-    const int r8 = (R + 7) / 8, cbs = (C + 15) / 16;
-    tc_il_.assign(static_cast<size_t>(cbs) * r8 * 64, 0);
-    std::vector<uint8_t> codes(C);
-    for (int j = 0; j < R; ++j) {
-      RowCodes(j, codes.data());
-      const int j8 = j / 8, b = j % 8;
-      const int shift = b < 4 ? 0 : 4;
-      for (int c = 0; c < C; ++c) {
-        uint8_t& byte = tc_il_[(static_cast<size_t>(c / 16) * r8 + j8) * 64 + 4 * (c % 16) + b % 4];
-        byte = static_cast<uint8_t>(byte | (codes[c] << shift));
+    const int R = rows(), C = cols(), bits = p_.spec.bits;
+    const int gv = cpu::PanelGroupVectors(bits), gb = cpu::PanelGroupBytes(bits);
+    const int unit_rows = 4 * gv, units = (R + unit_rows - 1) / unit_rows, cbs = (C + 15) / 16;
+    std::vector<uint8_t> codes(static_cast<size_t>(R) * C);
+    for (int j = 0; j < R; ++j) RowCodes(j, codes.data() + static_cast<size_t>(j) * C);
+    tc_il_.assign(static_cast<size_t>(cbs) * units * gb, 0);
+    std::vector<uint8_t> vec(static_cast<size_t>(gv) * 64);
+    for (int cb = 0; cb < cbs; ++cb)
+      for (int k = 0; k < units; ++k) {
+        // Vector j of unit k: byte 4c + e = code of row 4 (gv k + j) + e, column 16 cb + c.
+        std::fill(vec.begin(), vec.end(), 0);
+        for (int j = 0; j < gv; ++j)
+          for (int c = 0; c < 16 && 16 * cb + c < C; ++c)
+            for (int e = 0; e < 4; ++e) {
+              const int row = 4 * (gv * k + j) + e;
+              if (row < R) vec[64 * j + 4 * c + e] = codes[static_cast<size_t>(row) * C + 16 * cb + c];
+            }
+        cpu::PackPanelUnit(bits, vec.data(), gv, tc_il_.data() + (static_cast<size_t>(cb) * units + k) * gb);
       }
-    }
-    const size_t stride = static_cast<size_t>(r8) * 8;
+    const size_t stride = static_cast<size_t>(units) * unit_rows;
     tc_scale_t_.assign(static_cast<size_t>(groups_) * stride, 0.f);
     tc_min_t_.assign(static_cast<size_t>(groups_) * stride, 0.f);
     for (int j = 0; j < R; ++j)
@@ -382,7 +388,9 @@ const cpu::QuantAccTView& QuantMatrix::TransposedCopy() const {
     v.min_t = tc_min_t_.data();
     v.rows = R;
     v.cols = C;
-    v.r8 = r8;
+    v.bits = bits;
+    v.units = units;
+    v.unit_rows = unit_rows;
     v.col_blocks = cbs;
     v.groups = groups_;
     v.group_cols = groups_ == 1 ? C : bpg_ * kQBlock;

@@ -480,8 +480,9 @@ TEST(MatrixTest, QuantAccumulateTransposedInt8SharedAcrossThreads) {
         ts.emplace_back([&, i] { m->AccumulateTransposed(u.data(), ldu, n, 48, ys[i].data(), ldy, 0, cols); });
       for (auto& t : ts) t.join();
       for (int i = 1; i < 4; ++i) ASSERT_EQ(ys[i], ys[0]) << "thread " << i;
-      // Nibble codes for every 8 ranks x 16 columns, plus F32 scale and min per group and rank.
-      EXPECT_EQ(qm->TransposedCopyBytes(), static_cast<size_t>(8 * 21 * 64) + 2 * 4 * 6 * 64);
+      // The codes at the matrix's own width (64 ranks x 16 columns x bits / 8 bytes per
+      // column block, 21 blocks), plus F32 scale and min per group and rank.
+      EXPECT_EQ(qm->TransposedCopyBytes(), static_cast<size_t>(21 * 64 * 16 * bits / 8) + 2 * 4 * 6 * 64);
     }
   }
   if (!any) GTEST_SKIP() << "no int8 B-side kernel on this CPU";

@@ -49,16 +49,21 @@ struct QuantView {
 };
 
 // Rank-interleaved copy of a group-wise quantized matrix W [rows][cols], for the
-// int8 B side of low-rank products (y += u W, docs/formats.md): codes of 8
-// consecutive rows per column in 4 bytes (row 8k + b in the low nibble of byte
-// b % 4 if b < 4, else in its high nibble), 16 columns per 64-byte unit.
+// int8 B side of low-rank products (y += u W, docs/formats.md): per block of 16
+// columns, the codes in the panel layout's groups (quant_pack.h) with W's rows as
+// the reduction axis: vector k4 holds byte 4c + e = code of row 4k4 + e, column c
+// of the block, and a unit of PanelGroupBytes(bits) bytes holds
+// PanelGroupVectors(bits) vectors (4-bit: 8 rows in 64 bytes; 3-bit: 16 rows in
+// 96; 2-bit: 16 rows in 64), so the copy reads as many bits per code as W.
 struct QuantAccTView {
-  const uint8_t* il = nullptr;     // [col_blocks][r8][64]; zero past rows / cols
-  const float* scale_t = nullptr;  // [groups][8 * r8]: scale of row j in group g (0 past rows)
-  const float* min_t = nullptr;    // [groups][8 * r8]
+  const uint8_t* il = nullptr;     // [col_blocks][units][unit bytes]; zero past rows / cols
+  const float* scale_t = nullptr;  // [groups][units * unit_rows]: scale of row j in group g (0 past rows)
+  const float* min_t = nullptr;    // [groups][units * unit_rows]
   int rows = 0;
   int cols = 0;
-  int r8 = 0;          // ceil(rows / 8)
+  int bits = 4;
+  int units = 0;       // units per column block: ceil(rows / unit_rows)
+  int unit_rows = 8;   // rows per unit: 4 * PanelGroupVectors(bits)
   int col_blocks = 0;  // ceil(cols / 16)
   int groups = 1;
   int group_cols = 0;  // columns per group (a multiple of 32), or cols when groups == 1

@@ -1066,15 +1066,22 @@ void Sparse24QGemmVnni(const Sparse24QuantView& w, const QActView& x, float* y, 
 // ---- y += u W in int8 on the rank-interleaved copy (QuantAccTView) ------------------
 // Per activation row t and weight group g: v_j = u_j * scale_jg for j < r is
 // quantized to int8 with one scale e = max|v| / 127, then for 16 columns at a time
-// vpdpbusd multiplies 4 ranks' codes with 4 ranks' v per 32-bit lane (two per 64-byte
-// unit: low and high nibbles), and y += e * sum + sum_j u_j * min_jg. A 16-column
-// block never straddles a group (groups are multiples of 32 columns).
-void QuantAccTI8(const QuantAccTView& w, const float* u, int ldu, int n, int r, float* y, int ldy, int c0,
-                 int c1) {
-  const int r8 = (r + 7) / 8;
-  const size_t stride = static_cast<size_t>(w.r8) * 8;
-  // int8 v of the current group, in 4-rank words; room for r8 * 8 ranks.
-  int32_t* qv = reinterpret_cast<int32_t*>(ScratchFloats(2 * static_cast<size_t>(r8) + 16, 0));
+// vpdpbusd multiplies 4 ranks' codes with 4 ranks' v per 32-bit lane (the copy's
+// units unpack as the panel layout's groups, UnpackPanelGroup), and
+// y += e * sum + sum_j u_j * min_jg. A 16-column block never straddles a group
+// (groups are multiples of 32 columns). The sums are exact integers, so every
+// storage width gives the same bits for the same codes.
+template <int kBits>
+void QuantAccTI8Bits(const QuantAccTView& w, const float* u, int ldu, int n, int r, float* y, int ldy, int c0,
+                     int c1) {
+  constexpr int kGV = kBits == 4 ? 2 : 4, kGB = kBits == 3 ? 96 : 64;  // quant_pack.h
+  constexpr int kUnitRows = 4 * kGV;
+  const int units = (r + kUnitRows - 1) / kUnitRows;  // units used at rank r
+  const int padded = units * kUnitRows;
+  const size_t stride = static_cast<size_t>(w.units) * kUnitRows;
+  const size_t block_bytes = static_cast<size_t>(w.units) * kGB;
+  // int8 v of the current group, in 4-rank words; room for `padded` ranks.
+  int32_t* qv = reinterpret_cast<int32_t*>(ScratchFloats(static_cast<size_t>(padded) / 4 + 16, 0));
   const int cb0 = c0 / 16, cb1 = (c1 + 15) / 16;
   for (int t = 0; t < n; ++t) {
     const float* ut = u + static_cast<size_t>(t) * ldu;
@@ -1088,7 +1095,7 @@ void QuantAccTI8(const QuantAccTView& w, const float* u, int ldu, int n, int r, 
         const float* sc = w.scale_t + static_cast<size_t>(g) * stride;
         const float* mn = w.min_t + static_cast<size_t>(g) * stride;
         __m512 amax = _mm512_setzero_ps(), msum = _mm512_setzero_ps();
-        for (int j = 0; j < 8 * r8; j += 16) {
+        for (int j = 0; j < padded; j += 16) {
           const int left = r - j;
           const __mmask16 m = static_cast<__mmask16>(left >= 16 ? 0xFFFFu : left <= 0 ? 0u : (1u << left) - 1u);
           const __m512 uj = _mm512_maskz_loadu_ps(m, ut + j);
@@ -1099,13 +1106,13 @@ void QuantAccTI8(const QuantAccTView& w, const float* u, int ldu, int n, int r, 
         const float mx = _mm512_reduce_max_ps(amax);
         const float e = mx / 127.f;
         const __m512 inv = _mm512_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
-        for (int j = 0; j < 8 * r8; j += 16) {
+        for (int j = 0; j < padded; j += 16) {
           const int left = r - j;
           const __mmask16 m = static_cast<__mmask16>(left >= 16 ? 0xFFFFu : left <= 0 ? 0u : (1u << left) - 1u);
           const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, ut + j), _mm512_maskz_loadu_ps(m, sc + j));
           const __m128i q8 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)));
-          // Only whole 4-rank words up to 8 * r8 ranks are used.
-          const int words = (8 * r8 - j) >= 16 ? 4 : (8 * r8 - j) / 4;
+          // Only whole 4-rank words up to `padded` ranks are used.
+          const int words = (padded - j) >= 16 ? 4 : (padded - j) / 4;
           _mm_mask_storeu_epi32(qv + j / 4, static_cast<__mmask8>((1u << words) - 1u), q8);
         }
         ev = _mm512_set1_ps(e);
@@ -1119,37 +1126,47 @@ void QuantAccTI8(const QuantAccTView& w, const float* u, int ldu, int n, int r, 
         const __mmask16 m = static_cast<__mmask16>(((1u << (hi - k0)) - 1u) & ~((1u << (lo - k0)) - 1u));
         _mm512_mask_storeu_ps(yt + k0, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, yt + k0), f));
       };
-      const uint8_t* p = w.il + static_cast<size_t>(cb) * w.r8 * 64;
-      const __m512i lo_mask = _mm512_set1_epi8(0x0F), hi_nibble = _mm512_set1_epi64(NibbleMatrix(1));
+      const uint8_t* p = w.il + static_cast<size_t>(cb) * block_bytes;
       // Two column blocks of one group at a time: four accumulation chains, and
       // each broadcast of v serves both.
       if (cb + 1 < cb1 && (w.groups == 1 || 16 * (cb + 1) / w.group_cols == g)) {
-        const uint8_t* p2 = p + static_cast<size_t>(w.r8) * 64;
-        __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
-        __m512i b0 = _mm512_setzero_si512(), b1 = _mm512_setzero_si512();
-        for (int k = 0; k < r8; ++k) {
-          const __m512i v = _mm512_loadu_si512(p + 64 * static_cast<size_t>(k));
-          const __m512i v2 = _mm512_loadu_si512(p2 + 64 * static_cast<size_t>(k));
-          const __m512i q0 = _mm512_set1_epi32(qv[2 * k]), q1 = _mm512_set1_epi32(qv[2 * k + 1]);
-          a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, lo_mask), q0);
-          a1 = _mm512_dpbusd_epi32(a1, _mm512_gf2p8affine_epi64_epi8(v, hi_nibble, 0), q1);
-          b0 = _mm512_dpbusd_epi32(b0, _mm512_and_si512(v2, lo_mask), q0);
-          b1 = _mm512_dpbusd_epi32(b1, _mm512_gf2p8affine_epi64_epi8(v2, hi_nibble, 0), q1);
+        const uint8_t* p2 = p + block_bytes;
+        __m512i a[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+        __m512i b[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+        for (int k = 0; k < units; ++k) {
+          __m512i va[kGV], vb[kGV];
+          UnpackPanelGroup<kBits>(p + kGB * static_cast<size_t>(k), va);
+          UnpackPanelGroup<kBits>(p2 + kGB * static_cast<size_t>(k), vb);
+          EORA_UNROLL for (int j = 0; j < kGV; ++j) {
+            const __m512i q = _mm512_set1_epi32(qv[kGV * k + j]);
+            a[j % 2] = _mm512_dpbusd_epi32(a[j % 2], va[j], q);
+            b[j % 2] = _mm512_dpbusd_epi32(b[j % 2], vb[j], q);
+          }
         }
-        store(cb, _mm512_add_epi32(a0, a1));
-        store(cb + 1, _mm512_add_epi32(b0, b1));
+        store(cb, _mm512_add_epi32(a[0], a[1]));
+        store(cb + 1, _mm512_add_epi32(b[0], b[1]));
         cb += 2;
         continue;
       }
-      __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
-      for (int k = 0; k < r8; ++k) {
-        const __m512i v = _mm512_loadu_si512(p + 64 * static_cast<size_t>(k));
-        a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(v, lo_mask), _mm512_set1_epi32(qv[2 * k]));
-        a1 = _mm512_dpbusd_epi32(a1, _mm512_gf2p8affine_epi64_epi8(v, hi_nibble, 0), _mm512_set1_epi32(qv[2 * k + 1]));
+      __m512i a[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+      for (int k = 0; k < units; ++k) {
+        __m512i va[kGV];
+        UnpackPanelGroup<kBits>(p + kGB * static_cast<size_t>(k), va);
+        EORA_UNROLL for (int j = 0; j < kGV; ++j)
+          a[j % 2] = _mm512_dpbusd_epi32(a[j % 2], va[j], _mm512_set1_epi32(qv[kGV * k + j]));
       }
-      store(cb, _mm512_add_epi32(a0, a1));
+      store(cb, _mm512_add_epi32(a[0], a[1]));
       ++cb;
     }
+  }
+}
+
+void QuantAccTI8(const QuantAccTView& w, const float* u, int ldu, int n, int r, float* y, int ldy, int c0,
+                 int c1) {
+  switch (w.bits) {
+    case 2: return QuantAccTI8Bits<2>(w, u, ldu, n, r, y, ldy, c0, c1);
+    case 3: return QuantAccTI8Bits<3>(w, u, ldu, n, r, y, ldy, c0, c1);
+    default: return QuantAccTI8Bits<4>(w, u, ldu, n, r, y, ldy, c0, c1);
   }
 }
 
