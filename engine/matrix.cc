@@ -112,7 +112,9 @@ void MatMulSharedImpl(const std::vector<MatMulOutput>& outs, const std::vector<L
   if (pool == nullptr) {
     run(0, 0, total);
   } else {
-    pool->ParallelFor(total, align, work, run);
+    // With low-rank terms every chunk pays a B call per term it touches (each
+    // quantizing its v to int8) and a wait for u: one chunk per thread.
+    pool->ParallelFor(total, align, work, run, any_lr ? 1 : ThreadPool::kChunksPerThread);
   }
 }
 

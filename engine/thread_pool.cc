@@ -18,10 +18,6 @@
 namespace eora {
 namespace {
 
-// Chunks per thread of a job: enough that a thread which arrives late (or is slow)
-// leaves little for the others to wait on, few enough that claiming stays cheap.
-constexpr int64_t kChunksPerThread = 4;
-
 // How long an idle worker spins (pause) and then yields before it sleeps. Short:
 // a yielding worker still burns its core when nothing else wants it (a single
 // stream on a small model kept the second core 40% busy with a 2 ms window),
@@ -126,11 +122,11 @@ void ThreadPool::WorkerLoop(int index) {
   }
 }
 
-void ThreadPool::ParallelFor(int64_t n, int64_t align, const RangeFn& fn) {
+void ThreadPool::ParallelFor(int64_t n, int64_t align, const RangeFn& fn, int chunks_per_thread) {
   if (n <= 0) return;
   align = std::max<int64_t>(1, align);
   const int64_t units = (n + align - 1) / align;
-  const int64_t chunks = std::min<int64_t>(units, num_threads_ * kChunksPerThread);
+  const int64_t chunks = std::min<int64_t>(units, num_threads_ * std::max(1, chunks_per_thread));
   if (num_threads_ == 1 || chunks <= 1) {
     fn(0, 0, n);
     return;

@@ -37,17 +37,27 @@ class ThreadPool {
   // [0, n), whose bounds are multiples of `align` (except the end). A thread may
   // get several ranges (one call each); thread_index identifies the thread
   // (0 = caller). Returns when all ranges are done.
-  void ParallelFor(int64_t n, int64_t align, const RangeFn& fn);
+  //
+  // The range is cut into at most chunks_per_thread * num_threads() chunks. The
+  // default (kChunksPerThread) is enough that a thread which arrives late (or is
+  // slow) leaves little for the others to wait on, and few enough that claiming
+  // stays cheap. Jobs whose chunks each pay a fixed cost (the low-rank regions of
+  // decode: a B product per term and chunk, and a wait for u) take 1: one chunk
+  // per thread, still claimed dynamically, so a late thread's chunk runs on the
+  // caller.
+  static constexpr int kChunksPerThread = 4;
+  void ParallelFor(int64_t n, int64_t align, const RangeFn& fn, int chunks_per_thread = kChunksPerThread);
 
   // As above, but runs inline on the caller when `work` (an estimate in
   // multiply-adds) is too small to repay waking the workers.
   static constexpr int64_t kMinParallelWork = 1 << 16;
-  void ParallelFor(int64_t n, int64_t align, int64_t work, const RangeFn& fn) {
+  void ParallelFor(int64_t n, int64_t align, int64_t work, const RangeFn& fn,
+                   int chunks_per_thread = kChunksPerThread) {
     if (work < kMinParallelWork) {
       if (n > 0) fn(0, 0, n);
       return;
     }
-    ParallelFor(n, align, fn);
+    ParallelFor(n, align, fn, chunks_per_thread);
   }
 
  private:
