@@ -53,6 +53,10 @@ void MatMul(const Matrix& w, const float* x, int n, int ldx, float* y, int ldy, 
 
 namespace {
 
+// Products of at most this many activation rows read their weights once, as one
+// stream per thread (see MatMulSharedImpl).
+constexpr int kStreamRows = 4;
+
 // Shared by MatMulShared and MatMulSharedLowRank (lr empty or one term per output).
 void MatMulSharedImpl(const std::vector<MatMulOutput>& outs, const std::vector<LowRankTerm>& lr,
                       const float* x, int n, int ldx, ThreadPool* pool, MatMulScratch* scratch) {
@@ -112,9 +116,13 @@ void MatMulSharedImpl(const std::vector<MatMulOutput>& outs, const std::vector<L
   if (pool == nullptr) {
     run(0, 0, total);
   } else {
-    // With low-rank terms every chunk pays a B call per term it touches (each
-    // quantizing its v to int8) and a wait for u: one chunk per thread.
-    pool->ParallelFor(total, align, work, run, any_lr ? 1 : ThreadPool::kChunksPerThread);
+    // One chunk per thread (still claimed dynamically, so a late thread's chunk
+    // runs on the caller) where chunks have a fixed cost: with low-rank terms every
+    // chunk pays a B call per term it touches (each quantizing its v to int8) and a
+    // wait for u; and a decode-size product (n <= kStreamRows) streams its weights,
+    // where every chunk boundary restarts a stream.
+    const bool one_chunk = any_lr || n <= kStreamRows;
+    pool->ParallelFor(total, align, work, run, one_chunk ? 1 : ThreadPool::kChunksPerThread);
   }
 }
 
