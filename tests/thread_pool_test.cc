@@ -83,5 +83,37 @@ TEST(ThreadPool, SmallWorkRunsInlineOnTheCaller) {
   EXPECT_EQ(off_caller.load(), 0);
 }
 
+TEST(ThreadPool, ChunksPerThreadBoundsTheRanges) {
+  // chunks_per_thread = 1 (decode-size products, low-rank regions): at most one
+  // range per thread, aligned, covering every index once; a worker that is slow to
+  // start leaves its range to the caller rather than holding up the join.
+  for (int threads : {2, 3}) {
+    ThreadPool pool(threads);
+    for (int cpt : {1, 2, ThreadPool::kChunksPerThread}) {
+      for (int64_t n : {1, 15, 16, 17, 100, 2304}) {
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        for (auto& h : hits) h.store(0);
+        std::atomic<int> ranges{0};
+        pool.ParallelFor(n, 16, [&](int, int64_t b, int64_t e) {
+          ++ranges;
+          EXPECT_EQ(b % 16, 0);
+          EXPECT_TRUE(e == n || e % 16 == 0) << e;
+          for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)].fetch_add(1);
+        }, cpt);
+        EXPECT_LE(ranges.load(), threads * cpt) << "n " << n << " cpt " << cpt;
+        for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << i;
+      }
+    }
+    // A slow worker: the caller's own range and, unless the worker claimed it
+    // first, the worker's run on the caller; the job ends either way.
+    std::atomic<int> on_caller{0};
+    pool.ParallelFor(1024, 16, [&](int thread, int64_t, int64_t) {
+      if (thread != 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      else ++on_caller;
+    }, 1);
+    EXPECT_GE(on_caller.load(), 1);
+  }
+}
+
 }  // namespace
 }  // namespace eora
