@@ -340,7 +340,7 @@ absl::Status WriteAdapterDir(const std::string& dir, const LowRankAdapter& adapt
       const std::string dta = PeftDType(*f.a);
       keep.push_back({Encode(f.a->Dequantize(), dta)});
       peft.push_back({prefix + ".lora_A.weight", dta, {R, in}, keep.back().bytes.data(),
-                      keep.back().bytes.size()});
+                      keep.back().bytes.size(), {}});
       // B [out, R] = Bt^T.
       const std::vector<float> bt = f.bt->Dequantize();
       std::vector<float> b(static_cast<size_t>(out) * R);
@@ -349,7 +349,7 @@ absl::Status WriteAdapterDir(const std::string& dir, const LowRankAdapter& adapt
       const std::string dtb = PeftDType(*f.bt);
       keep.push_back({Encode(b, dtb)});
       peft.push_back({prefix + ".lora_B.weight", dtb, {out, R}, keep.back().bytes.data(),
-                      keep.back().bytes.size()});
+                      keep.back().bytes.size(), {}});
       if (qspec) {
         for (const auto& [suffix, mat] :
              {std::pair<const char*, const Matrix*>{".lora_A", f.a.get()}, {".lora_Bt", f.bt.get()}}) {
@@ -357,11 +357,11 @@ absl::Status WriteAdapterDir(const std::string& dir, const LowRankAdapter& adapt
           const int64_t row_bytes = p.rows ? static_cast<int64_t>(p.packed.size() / p.rows) : 0;
           const int64_t groups = p.rows ? static_cast<int64_t>(p.scale_f16.size() / p.rows) : 0;
           packed.push_back({prefix + suffix + ".qweight", "U8", {p.rows, row_bytes},
-                            p.packed.data(), p.packed.size()});
+                            p.packed.data(), p.packed.size(), {}});
           packed.push_back({prefix + suffix + ".scales", "F16", {p.rows, groups},
-                            p.scale_f16.data(), p.scale_f16.size() * 2});
+                            p.scale_f16.data(), p.scale_f16.size() * 2, {}});
           packed.push_back({prefix + suffix + ".mins", "F16", {p.rows, groups}, p.min_f16.data(),
-                            p.min_f16.size() * 2});
+                            p.min_f16.size() * 2, {}});
         }
       }
     }

@@ -1,7 +1,7 @@
 #include "engine/compressed_model.h"
 
 #include <cstring>
-#include <deque>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -74,28 +74,45 @@ absl::Status CaptureTokenizer(const ModelWeights& w, json* entry, std::string* h
 
 // ---- Writing tensors -------------------------------------------------------------
 
+// The tensors of a compressed model. Bytes that need a conversion (dense matrices
+// to their file dtype, quantized matrices from panels to the file's row layout) are
+// made when the writer reaches the tensor (RawTensor::produce), one matrix at a
+// time, so writing holds one converted matrix, not a second copy of the model.
 struct Sink {
   std::vector<RawTensor> tensors;
-  std::deque<std::vector<uint8_t>> owned;
-  std::deque<PackedQuant> packed;
   json entries = json::object();
+  // The converted bytes of the tensor being written (valid until the next produce).
+  std::vector<uint8_t> scratch;
+  // The file-layout storage of the quantized matrix being written, and whose it is.
+  const QuantMatrix* packed_of = nullptr;
+  PackedQuant packed;
 
-  const void* Own(std::vector<uint8_t> bytes) {
-    owned.push_back(std::move(bytes));
-    return owned.back().data();
-  }
   void Add(std::string name, const char* dtype, std::vector<int64_t> shape, const void* data,
            size_t bytes) {
-    tensors.push_back({std::move(name), dtype, std::move(shape), data, bytes});
+    tensors.push_back({std::move(name), dtype, std::move(shape), data, bytes, {}});
   }
-  // Keeps the storage (a copy in the file layout) until the tensors are written.
-  void AddPacked(const std::string& base, PackedQuant stored) {
-    const PackedQuant& p = packed.emplace_back(std::move(stored));
-    const int64_t row_bytes = p.rows ? static_cast<int64_t>(p.packed.size() / p.rows) : 0;
-    const int64_t groups = p.rows ? static_cast<int64_t>(p.scale_f16.size() / p.rows) : 0;
-    Add(base + ".qweight", "U8", {p.rows, row_bytes}, p.packed.data(), p.packed.size());
-    Add(base + ".scales", "F16", {p.rows, groups}, p.scale_f16.data(), p.scale_f16.size() * 2);
-    Add(base + ".mins", "F16", {p.rows, groups}, p.min_f16.data(), p.min_f16.size() * 2);
+  void AddProduced(std::string name, const char* dtype, std::vector<int64_t> shape, size_t bytes,
+                   std::function<const void*()> produce) {
+    tensors.push_back({std::move(name), dtype, std::move(shape), nullptr, bytes, std::move(produce)});
+  }
+  // The file layout of q (PackedQuant), converted once for its three tensors.
+  const PackedQuant& PackedOf(const QuantMatrix* q) {
+    if (packed_of != q) {
+      packed = q->packed();
+      packed_of = q;
+    }
+    return packed;
+  }
+  void AddPacked(const std::string& base, const QuantMatrix* q) {
+    const int64_t rows = q->rows(), row_bytes = static_cast<int64_t>(q->row_bytes()), groups = q->groups();
+    const size_t code_bytes = static_cast<size_t>(rows * row_bytes), scale_bytes = static_cast<size_t>(rows * groups) * 2;
+    AddProduced(base + ".qweight", "U8", {rows, row_bytes}, code_bytes,
+                [this, q] { return static_cast<const void*>(PackedOf(q).packed.data()); });
+    AddProduced(base + ".scales", "F16", {rows, groups}, scale_bytes,
+                [this, q] { return static_cast<const void*>(PackedOf(q).scale_f16.data()); });
+    AddProduced(base + ".mins", "F16", {rows, groups}, scale_bytes, [this, q] {
+      return static_cast<const void*>(PackedOf(q).min_f16.data());
+    });
   }
 };
 
@@ -105,26 +122,26 @@ absl::Status AddMatrix(const std::string& name, const Matrix& m, Sink* sink) {
     case MatrixFormat::kF32:
     case MatrixFormat::kF16:
     case MatrixFormat::kBF16: {
-      const std::vector<float> f = m.Dequantize();
-      std::vector<uint8_t> bytes;
-      const char* dt;
-      if (m.format() == MatrixFormat::kF32) {
-        dt = "F32";
-        bytes.resize(f.size() * 4);
-        std::memcpy(bytes.data(), f.data(), bytes.size());
-        e["format"] = "f32";
-      } else {
-        const bool half = m.format() == MatrixFormat::kF16;
-        dt = half ? "F16" : "BF16";
-        bytes.resize(f.size() * 2);
-        for (size_t i = 0; i < f.size(); ++i) {
-          const uint16_t h = half ? F32ToF16(f[i]) : F32ToBF16(f[i]);  // exact: values came from it
-          std::memcpy(bytes.data() + 2 * i, &h, 2);
+      const MatrixFormat f = m.format();
+      const char* dt = f == MatrixFormat::kF32 ? "F32" : f == MatrixFormat::kF16 ? "F16" : "BF16";
+      e["format"] = f == MatrixFormat::kF32 ? "f32" : f == MatrixFormat::kF16 ? "f16" : "bf16";
+      const size_t es = f == MatrixFormat::kF32 ? 4 : 2;
+      const Matrix* mp = &m;
+      sink->AddProduced(name + ".weight", dt, {m.rows(), m.cols()}, static_cast<size_t>(m.rows()) * m.cols() * es,
+                        [sink, mp, f, es] {
+        const std::vector<float> v = mp->Dequantize();
+        sink->scratch.resize(v.size() * es);
+        if (f == MatrixFormat::kF32) {
+          std::memcpy(sink->scratch.data(), v.data(), sink->scratch.size());
+        } else {
+          for (size_t i = 0; i < v.size(); ++i) {
+            // Exact: the values came from this dtype.
+            const uint16_t h = f == MatrixFormat::kF16 ? F32ToF16(v[i]) : F32ToBF16(v[i]);
+            std::memcpy(sink->scratch.data() + 2 * i, &h, 2);
+          }
         }
-        e["format"] = half ? "f16" : "bf16";
-      }
-      const size_t n = bytes.size();
-      sink->Add(name + ".weight", dt, {m.rows(), m.cols()}, sink->Own(std::move(bytes)), n);
+        return static_cast<const void*>(sink->scratch.data());
+      });
       break;
     }
     case MatrixFormat::kQuant: {
@@ -133,7 +150,7 @@ absl::Status AddMatrix(const std::string& name, const Matrix& m, Sink* sink) {
       e["format"] = "quant";
       e["bits"] = q->spec().bits;
       e["group_size"] = q->spec().group_size;
-      sink->AddPacked(name, q->packed());
+      sink->AddPacked(name, q);
       break;
     }
     case MatrixFormat::kSparse24: {
@@ -152,7 +169,7 @@ absl::Status AddMatrix(const std::string& name, const Matrix& m, Sink* sink) {
       e["format"] = "sparse24-quant";
       e["bits"] = s->kept().spec().bits;
       e["group_size"] = s->kept().spec().group_size;
-      sink->AddPacked(name, s->kept().packed());
+      sink->AddPacked(name, &s->kept());
       sink->Add(name + ".meta", "U8", {m.rows(), static_cast<int64_t>(s->kept_blocks()) * 8},
                 s->meta().data(), s->meta().size());
       break;
@@ -382,15 +399,6 @@ absl::Status WriteCompressedModel(const std::string& dir, const ModelWeights& w,
     for (int m = 0; m < kNumModules; ++m)
       RETURN_IF_ERROR(AddMatrix(LinearName(l, static_cast<Module>(m)), *L.linear[m], &sink));
   }
-  Sha256 h;
-  for (const RawTensor& t : sink.tensors) {
-    h.Update(t.name);
-    h.Update(t.dtype);
-    for (int64_t d : t.shape) h.Update(&d, sizeof(d));
-    h.Update(t.data, t.byte_size);
-  }
-  const std::string content = h.HexFinal();
-
   json tok_entry;
   std::string hf_tokenizer;
   RETURN_IF_ERROR(CaptureTokenizer(w, &tok_entry, &hf_tokenizer));
@@ -403,21 +411,37 @@ absl::Status WriteCompressedModel(const std::string& dir, const ModelWeights& w,
             {"output_shares_embedding", output_shared},
             {"tensors", sink.entries},
             {"tokenizer", tok_entry},
-            {"content_sha256", content},
+            {"content_sha256", std::string(64, '0')},  // filled in once the tensors are written
             {"source", w.source},
             {"metadata", meta}};
   std::string text;
-  try {
-    text = j.dump() + "\n";  // compact: it is part of every served byte count
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(dir, ": cannot serialise ", kJsonFile, " (tokenizer pieces or metadata are "
-                          "not valid UTF-8?): ", e.what()));
-  }
+  auto dump = [&]() -> absl::Status {
+    try {
+      text = j.dump() + "\n";  // compact: it is part of every served byte count
+    } catch (const std::exception& e) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(dir, ": cannot serialise ", kJsonFile, " (tokenizer pieces or metadata are "
+                            "not valid UTF-8?): ", e.what()));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(dump());  // fail before writing the tensors
   ASSIGN_OR_RETURN(std::unique_ptr<DirWriter> dw, DirWriter::Begin(dir, overwrite));
+  // The content hash covers every tensor's name, dtype, shape and bytes, in order,
+  // hashed as the tensors are written.
+  Sha256 h;
   RETURN_IF_ERROR(dw->WriteSafetensors(kWeightsFile, sink.tensors,
                                        {{"format", kCompressedModelFormat},
-                                        {"version", std::to_string(kCompressedModelVersion)}}));
+                                        {"version", std::to_string(kCompressedModelVersion)}},
+                                       [&h](const RawTensor& t, const void* data) {
+                                         h.Update(t.name);
+                                         h.Update(t.dtype);
+                                         for (int64_t d : t.shape) h.Update(&d, sizeof(d));
+                                         h.Update(data, t.byte_size);
+                                       }));
+  sink = Sink();  // the last converted matrix
+  j["content_sha256"] = h.HexFinal();
+  RETURN_IF_ERROR(dump());
   if (!hf_tokenizer.empty()) RETURN_IF_ERROR(dw->WriteFile(kHfTokenizerFile, hf_tokenizer));
   RETURN_IF_ERROR(dw->WriteFile(kJsonFile, text));
   return dw->Commit();

@@ -118,7 +118,8 @@ absl::Status DirWriter::WriteFile(const std::string& name, std::string_view cont
 
 absl::Status DirWriter::WriteSafetensors(const std::string& name,
                                          const std::vector<RawTensor>& tensors,
-                                         const std::map<std::string, std::string>& metadata) {
+                                         const std::map<std::string, std::string>& metadata,
+                                         const TensorObserver& observe) {
   if (!PlainName(name)) return absl::InvalidArgumentError(absl::StrCat("bad file name '", name, "'"));
   const std::string shown = (fs::path(dir_) / name).string();
   nlohmann::json header = nlohmann::json::object();
@@ -141,7 +142,7 @@ absl::Status DirWriter::WriteSafetensors(const std::string& name,
       if (d < 0) return absl::InvalidArgumentError(absl::StrCat(shown, ": tensor ", t.name, ": negative dimension"));
       count *= static_cast<uint64_t>(d);
     }
-    if (count * es != t.byte_size || (t.byte_size > 0 && t.data == nullptr))
+    if (count * es != t.byte_size || (t.byte_size > 0 && t.data == nullptr && !t.produce))
       return absl::InvalidArgumentError(absl::StrCat(shown, ": tensor ", t.name, ": ", t.byte_size,
                                                      " bytes do not match its shape and dtype ",
                                                      t.dtype));
@@ -167,7 +168,13 @@ absl::Status DirWriter::WriteSafetensors(const std::string& name,
   if (s.ok()) s = WriteAll(fd, h.data(), h.size(), shown);
   for (const RawTensor& t : tensors) {
     if (!s.ok()) break;
-    s = WriteAll(fd, t.data, t.byte_size, shown);
+    const void* data = t.data != nullptr || t.byte_size == 0 || !t.produce ? t.data : t.produce();
+    if (data == nullptr && t.byte_size > 0) {
+      s = absl::InternalError(absl::StrCat(shown, ": tensor ", t.name, ": no bytes produced"));
+      break;
+    }
+    if (observe) observe(t, data);
+    s = WriteAll(fd, data, t.byte_size, shown);
   }
   if (s.ok() && ::fsync(fd) != 0) s = ErrnoError(absl::StrCat(shown, ": fsync failed"), errno);
   if (::close(fd) != 0 && s.ok()) s = ErrnoError(absl::StrCat(shown, ": close failed"), errno);

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -26,13 +27,20 @@ namespace eora {
 
 // A tensor to write: `data` holds `byte_size` bytes (not owned), laid out as
 // product(shape) elements of `dtype` (a safetensors dtype name: "F32", "F16", "U8", ...).
+// Instead of `data`, `produce` may make the bytes when the tensor's turn comes, so
+// that a writer need not hold a converted copy of every tensor at once: it is
+// called once, just before the tensor is written, and what it returns must stay
+// valid until the next tensor's `produce` is called (or the write ends).
 struct RawTensor {
   std::string name;
   std::string dtype;
   std::vector<int64_t> shape;
   const void* data = nullptr;
   size_t byte_size = 0;
+  std::function<const void*()> produce;
 };
+// Called with each tensor's bytes as they are written (e.g. to hash them).
+using TensorObserver = std::function<void(const RawTensor&, const void* data)>;
 
 // Element size of a safetensors dtype name (0 if unknown).
 int SafetensorsElementSize(std::string_view dtype);
@@ -54,7 +62,8 @@ class DirWriter {
   // Writes a safetensors file: header padded with spaces to a multiple of 8 bytes,
   // tensors back to back in the given order. Checks byte_size against shape x dtype.
   absl::Status WriteSafetensors(const std::string& name, const std::vector<RawTensor>& tensors,
-                                const std::map<std::string, std::string>& metadata = {});
+                                const std::map<std::string, std::string>& metadata = {},
+                                const TensorObserver& observe = {});
   // fsyncs the temporary directory, renames it to `dir` and fsyncs the parent.
   absl::Status Commit();
 
