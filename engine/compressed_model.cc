@@ -126,6 +126,10 @@ absl::Status AddMatrix(const std::string& name, const Matrix& m, Sink* sink) {
       const char* dt = f == MatrixFormat::kF32 ? "F32" : f == MatrixFormat::kF16 ? "F16" : "BF16";
       e["format"] = f == MatrixFormat::kF32 ? "f32" : f == MatrixFormat::kF16 ? "f16" : "bf16";
       const size_t es = f == MatrixFormat::kF32 ? 4 : 2;
+      if (const void* elements = m.DenseElements()) {  // already the file's bytes
+        sink->Add(name + ".weight", dt, {m.rows(), m.cols()}, elements, static_cast<size_t>(m.rows()) * m.cols() * es);
+        break;
+      }
       const Matrix* mp = &m;
       sink->AddProduced(name + ".weight", dt, {m.rows(), m.cols()}, static_cast<size_t>(m.rows()) * m.cols() * es,
                         [sink, mp, f, es] {

@@ -29,6 +29,7 @@ class DenseMatrix final : public Matrix {
   }
   std::string Describe() const override { return absl::AsciiStrToLower(DTypeName(dtype_)); }
   size_t StorageBytes() const override { return data_.size(); }
+  const void* DenseElements() const override { return data_.data(); }
 
   void MatMulRows(const MatMulInput& in, float* y, int ldy, int r0, int r1) const override {
     if (r0 >= r1 || in.n <= 0) return;

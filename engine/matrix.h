@@ -104,6 +104,10 @@ class Matrix {
   // Bytes held beside the stored form (that copy, once built).
   virtual size_t AuxiliaryBytes() const { return 0; }
 
+  // Dense formats (F32, F16, BF16): the stored elements, rows * cols of them
+  // row-major in the format's dtype (what a file holds), or nullptr (other formats).
+  virtual const void* DenseElements() const { return nullptr; }
+
   // Writes row r of W as floats (cols() values): reference path and embedding lookup.
   virtual void DequantizeRow(int r, float* out) const = 0;
 
