@@ -41,10 +41,11 @@ class ThreadPool {
   // The range is cut into at most chunks_per_thread * num_threads() chunks. The
   // default (kChunksPerThread) is enough that a thread which arrives late (or is
   // slow) leaves little for the others to wait on, and few enough that claiming
-  // stays cheap. Jobs whose chunks each pay a fixed cost (the low-rank regions of
-  // decode: a B product per term and chunk, and a wait for u) take 1: one chunk
-  // per thread, still claimed dynamically, so a late thread's chunk runs on the
-  // caller.
+  // stays cheap. Jobs whose chunks each pay a fixed cost take 1: one chunk per
+  // thread, still claimed dynamically, so a late thread's chunk runs on the
+  // caller. Those are the low-rank regions of decode (a B product per term and
+  // chunk, and a wait for u) and decode-size products (a weight stream restarts
+  // at every chunk boundary); see MatMulSharedImpl in matrix.cc.
   static constexpr int kChunksPerThread = 4;
   void ParallelFor(int64_t n, int64_t align, const RangeFn& fn, int chunks_per_thread = kChunksPerThread);
 
