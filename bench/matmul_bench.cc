@@ -144,14 +144,18 @@ int Register() {
     }
   }
   // Low-rank terms on a 3-bit base (the rank-64 overhead of docs/performance.md).
-  for (const Shape& s : {Shape{768, 768}, Shape{2048, 768}, Shape{768, 2048}}) {
-    for (const auto& [rank, bits] : {std::pair{0, 3}, std::pair{64, 3}, std::pair{64, 4}}) {
-      const std::string name = std::string("LowRank/q3g64+") +
-                               (rank == 0 ? "none" : "r" + std::to_string(rank) + "q" + std::to_string(bits)) +
-                               "/" + std::to_string(s.rows) + "x" + std::to_string(s.cols) + "/n1/t1";
-      benchmark::RegisterBenchmark(name.c_str(), BM_LowRank, kFormats[6], bits, rank, s.rows, s.cols, 1, 1)
-          ->Unit(benchmark::kMicrosecond)
-          ->UseRealTime();
+  // Batch 1 (decode) and 16 (batched decode; the B side's row blocking).
+  for (int n : {1, 16}) {
+    for (const Shape& s : {Shape{768, 768}, Shape{2048, 768}, Shape{768, 2048}}) {
+      for (const auto& [rank, bits] : {std::pair{0, 3}, std::pair{64, 3}, std::pair{64, 4}}) {
+        const std::string name = std::string("LowRank/q3g64+") +
+                                 (rank == 0 ? "none" : "r" + std::to_string(rank) + "q" + std::to_string(bits)) +
+                                 "/" + std::to_string(s.rows) + "x" + std::to_string(s.cols) + "/n" +
+                                 std::to_string(n) + "/t1";
+        benchmark::RegisterBenchmark(name.c_str(), BM_LowRank, kFormats[6], bits, rank, s.rows, s.cols, n, 1)
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
+      }
     }
   }
   const Shape small[] = {{64, 64}, {172, 64}, {64, 172}, {512, 64}};
