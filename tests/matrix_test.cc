@@ -488,6 +488,36 @@ TEST(MatrixTest, QuantAccumulateTransposedInt8SharedAcrossThreads) {
   if (!any) GTEST_SKIP() << "no int8 B-side kernel on this CPU";
 }
 
+TEST(MatrixTest, QuantAccumulateTransposedRowsIndependentOfTheBatch) {
+  // The int8 B side unpacks each unit once for up to 4 activation rows: a row's
+  // result must not depend on how many rows come with it.
+  IsaGuard guard;
+  bool any = false;
+  for (const std::string& isa : Isas()) {
+    ASSERT_TRUE(cpu::SetActiveIsa(isa));
+    if (cpu::Kernels().quant_acc_t_i8 == nullptr) continue;
+    any = true;
+    for (int bits : {2, 3, 4}) {
+      const int rows = 64, cols = 333, n = 11, ldu = rows + 3, ldy = cols + 5;
+      std::mt19937 rng(40 + bits);
+      auto m = Build({Kind::kQuant, bits, 0}, rows, cols, &rng);
+      const auto u = RandomVec(static_cast<size_t>(n) * ldu, &rng);
+      for (int rank : {64, 40}) {
+        std::vector<float> all(static_cast<size_t>(n) * ldy, 0.f);
+        m->AccumulateTransposed(u.data(), ldu, n, rank, all.data(), ldy, 3, cols);
+        for (int t = 0; t < n; ++t) {
+          std::vector<float> one(static_cast<size_t>(ldy), 0.f);
+          m->AccumulateTransposed(u.data() + static_cast<size_t>(t) * ldu, ldu, 1, rank, one.data(), ldy, 3, cols);
+          for (int c = 0; c < ldy; ++c)
+            ASSERT_EQ(one[c], all[static_cast<size_t>(t) * ldy + c]) << isa << " bits " << bits << " rank " << rank
+                                                                        << " t " << t << " c " << c;
+        }
+      }
+    }
+  }
+  if (!any) GTEST_SKIP() << "no int8 B-side kernel on this CPU";
+}
+
 TEST(MatrixTest, SharedLowRankRegionEqualsSeparatePasses) {
   // MatMulSharedLowRank (A products repeated per thread, B products on each
   // thread's rows) gives the bits of MatMulShared with the A rows plus

@@ -1070,94 +1070,129 @@ void Sparse24QGemmVnni(const Sparse24QuantView& w, const QActView& x, float* y, 
 // units unpack as the panel layout's groups, UnpackPanelGroup), and
 // y += e * sum + sum_j u_j * min_jg. A 16-column block never straddles a group
 // (groups are multiples of 32 columns). The sums are exact integers, so every
-// storage width gives the same bits for the same codes.
-template <int kBits>
-void QuantAccTI8Bits(const QuantAccTView& w, const float* u, int ldu, int n, int r, float* y, int ldy, int c0,
-                     int c1) {
+// storage width, and every blocking of the rows, gives the same bits.
+
+// v_j = u_j * scale_jg (j < r) of one activation row and group, quantized to int8
+// words of 4 ranks at qv (room for `padded` ranks, zero past r); the step e to *e
+// and the min term sum_j u_j * min_jg to *m.
+inline void QuantizeRankVector(const float* ut, const float* sc, const float* mn, int r, int padded, int32_t* qv,
+                               float* e, float* m) {
+  __m512 amax = _mm512_setzero_ps(), msum = _mm512_setzero_ps();
+  for (int j = 0; j < padded; j += 16) {
+    const int left = r - j;
+    const __mmask16 k = static_cast<__mmask16>(left >= 16 ? 0xFFFFu : left <= 0 ? 0u : (1u << left) - 1u);
+    const __m512 uj = _mm512_maskz_loadu_ps(k, ut + j);
+    const __m512 v = _mm512_mul_ps(uj, _mm512_maskz_loadu_ps(k, sc + j));
+    amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+    msum = _mm512_fmadd_ps(uj, _mm512_maskz_loadu_ps(k, mn + j), msum);
+  }
+  const float mx = _mm512_reduce_max_ps(amax);
+  const __m512 inv = _mm512_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
+  for (int j = 0; j < padded; j += 16) {
+    const int left = r - j;
+    const __mmask16 k = static_cast<__mmask16>(left >= 16 ? 0xFFFFu : left <= 0 ? 0u : (1u << left) - 1u);
+    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, ut + j), _mm512_maskz_loadu_ps(k, sc + j));
+    const __m128i q8 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)));
+    // Only whole 4-rank words up to `padded` ranks are used.
+    const int words = (padded - j) >= 16 ? 4 : (padded - j) / 4;
+    _mm_mask_storeu_epi32(qv + j / 4, static_cast<__mmask8>((1u << words) - 1u), q8);
+  }
+  *e = mx / 127.f;
+  *m = _mm512_reduce_add_ps(msum);
+}
+
+// Activation rows t0..t0 + kT - 1 against the copy: each unit is unpacked once for
+// all kT rows, so a batch of rows (prefill, batched decode) pays the unpack once per
+// kT rows. One or two rows take two column blocks of a group at a time (four or
+// eight accumulation chains, each broadcast of v serving both); more rows take one
+// (registers).
+template <int kBits, int kT>
+void QuantAccTI8Rows(const QuantAccTView& w, const float* u, int ldu, int t0, int r, float* y, int ldy, int c0,
+                     int c1, int32_t* qv_all) {
   constexpr int kGV = kBits == 4 ? 2 : 4, kGB = kBits == 3 ? 96 : 64;  // quant_pack.h
   constexpr int kUnitRows = 4 * kGV;
   const int units = (r + kUnitRows - 1) / kUnitRows;  // units used at rank r
   const int padded = units * kUnitRows;
+  const size_t words = static_cast<size_t>(padded) / 4;
   const size_t stride = static_cast<size_t>(w.units) * kUnitRows;
   const size_t block_bytes = static_cast<size_t>(w.units) * kGB;
-  // int8 v of the current group, in 4-rank words; room for `padded` ranks.
-  int32_t* qv = reinterpret_cast<int32_t*>(ScratchFloats(static_cast<size_t>(padded) / 4 + 16, 0));
   const int cb0 = c0 / 16, cb1 = (c1 + 15) / 16;
-  for (int t = 0; t < n; ++t) {
-    const float* ut = u + static_cast<size_t>(t) * ldu;
-    float* yt = y + static_cast<size_t>(t) * ldy;
-    int cur = -1;
-    __m512 ev = _mm512_setzero_ps(), mv = _mm512_setzero_ps();
-    for (int cb = cb0; cb < cb1;) {
-      const int g = w.groups == 1 ? 0 : 16 * cb / w.group_cols;
-      if (g != cur) {
-        cur = g;
-        const float* sc = w.scale_t + static_cast<size_t>(g) * stride;
-        const float* mn = w.min_t + static_cast<size_t>(g) * stride;
-        __m512 amax = _mm512_setzero_ps(), msum = _mm512_setzero_ps();
-        for (int j = 0; j < padded; j += 16) {
-          const int left = r - j;
-          const __mmask16 m = static_cast<__mmask16>(left >= 16 ? 0xFFFFu : left <= 0 ? 0u : (1u << left) - 1u);
-          const __m512 uj = _mm512_maskz_loadu_ps(m, ut + j);
-          const __m512 v = _mm512_mul_ps(uj, _mm512_maskz_loadu_ps(m, sc + j));
-          amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
-          msum = _mm512_fmadd_ps(uj, _mm512_maskz_loadu_ps(m, mn + j), msum);
-        }
-        const float mx = _mm512_reduce_max_ps(amax);
-        const float e = mx / 127.f;
-        const __m512 inv = _mm512_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
-        for (int j = 0; j < padded; j += 16) {
-          const int left = r - j;
-          const __mmask16 m = static_cast<__mmask16>(left >= 16 ? 0xFFFFu : left <= 0 ? 0u : (1u << left) - 1u);
-          const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, ut + j), _mm512_maskz_loadu_ps(m, sc + j));
-          const __m128i q8 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)));
-          // Only whole 4-rank words up to `padded` ranks are used.
-          const int words = (padded - j) >= 16 ? 4 : (padded - j) / 4;
-          _mm_mask_storeu_epi32(qv + j / 4, static_cast<__mmask8>((1u << words) - 1u), q8);
-        }
-        ev = _mm512_set1_ps(e);
-        mv = _mm512_set1_ps(_mm512_reduce_add_ps(msum));
+  int cur = -1;
+  __m512 ev[kT], mv[kT];
+  for (int cb = cb0; cb < cb1;) {
+    const int g = w.groups == 1 ? 0 : 16 * cb / w.group_cols;
+    if (g != cur) {
+      cur = g;
+      const float* sc = w.scale_t + static_cast<size_t>(g) * stride;
+      const float* mn = w.min_t + static_cast<size_t>(g) * stride;
+      EORA_UNROLL for (int t = 0; t < kT; ++t) {
+        float e, m;
+        QuantizeRankVector(u + static_cast<size_t>(t0 + t) * ldu, sc, mn, r, padded, qv_all + t * words, &e, &m);
+        ev[t] = _mm512_set1_ps(e);
+        mv[t] = _mm512_set1_ps(m);
       }
-      // y[16 cb ..] += e * sum + min term, for the columns of [c0, c1).
-      auto store = [&](int b, __m512i sum) {
-        const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), ev, mv);
-        const int k0 = 16 * b;
-        const int lo = c0 > k0 ? c0 : k0, hi = c1 < k0 + 16 ? c1 : k0 + 16;
-        const __mmask16 m = static_cast<__mmask16>(((1u << (hi - k0)) - 1u) & ~((1u << (lo - k0)) - 1u));
-        _mm512_mask_storeu_ps(yt + k0, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, yt + k0), f));
-      };
-      const uint8_t* p = w.il + static_cast<size_t>(cb) * block_bytes;
-      // Two column blocks of one group at a time: four accumulation chains, and
-      // each broadcast of v serves both.
-      if (cb + 1 < cb1 && (w.groups == 1 || 16 * (cb + 1) / w.group_cols == g)) {
-        const uint8_t* p2 = p + block_bytes;
-        __m512i a[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
-        __m512i b[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
-        for (int k = 0; k < units; ++k) {
-          __m512i va[kGV], vb[kGV];
-          UnpackPanelGroup<kBits>(p + kGB * static_cast<size_t>(k), va);
-          UnpackPanelGroup<kBits>(p2 + kGB * static_cast<size_t>(k), vb);
-          EORA_UNROLL for (int j = 0; j < kGV; ++j) {
-            const __m512i q = _mm512_set1_epi32(qv[kGV * k + j]);
-            a[j % 2] = _mm512_dpbusd_epi32(a[j % 2], va[j], q);
-            b[j % 2] = _mm512_dpbusd_epi32(b[j % 2], vb[j], q);
+    }
+    // y[16 b ..] += e * sum + min term, for the columns of [c0, c1).
+    auto store = [&](int t, int b, __m512i sum) {
+      float* yt = y + static_cast<size_t>(t0 + t) * ldy;
+      const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), ev[t], mv[t]);
+      const int k0 = 16 * b;
+      const int lo = c0 > k0 ? c0 : k0, hi = c1 < k0 + 16 ? c1 : k0 + 16;
+      const __mmask16 m = static_cast<__mmask16>(((1u << (hi - k0)) - 1u) & ~((1u << (lo - k0)) - 1u));
+      _mm512_mask_storeu_ps(yt + k0, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, yt + k0), f));
+    };
+    const uint8_t* p = w.il + static_cast<size_t>(cb) * block_bytes;
+    if (kT <= 2 && cb + 1 < cb1 && (w.groups == 1 || 16 * (cb + 1) / w.group_cols == g)) {
+      const uint8_t* p2 = p + block_bytes;
+      __m512i a[kT][2], b[kT][2];
+      EORA_UNROLL for (int t = 0; t < kT; ++t) a[t][0] = a[t][1] = b[t][0] = b[t][1] = _mm512_setzero_si512();
+      for (int k = 0; k < units; ++k) {
+        __m512i va[kGV], vb[kGV];
+        UnpackPanelGroup<kBits>(p + kGB * static_cast<size_t>(k), va);
+        UnpackPanelGroup<kBits>(p2 + kGB * static_cast<size_t>(k), vb);
+        EORA_UNROLL for (int j = 0; j < kGV; ++j) {
+          EORA_UNROLL for (int t = 0; t < kT; ++t) {
+            const __m512i q = _mm512_set1_epi32(qv_all[t * words + kGV * k + j]);
+            a[t][j % 2] = _mm512_dpbusd_epi32(a[t][j % 2], va[j], q);
+            b[t][j % 2] = _mm512_dpbusd_epi32(b[t][j % 2], vb[j], q);
           }
         }
-        store(cb, _mm512_add_epi32(a[0], a[1]));
-        store(cb + 1, _mm512_add_epi32(b[0], b[1]));
-        cb += 2;
-        continue;
       }
-      __m512i a[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
-      for (int k = 0; k < units; ++k) {
-        __m512i va[kGV];
-        UnpackPanelGroup<kBits>(p + kGB * static_cast<size_t>(k), va);
-        EORA_UNROLL for (int j = 0; j < kGV; ++j)
-          a[j % 2] = _mm512_dpbusd_epi32(a[j % 2], va[j], _mm512_set1_epi32(qv[kGV * k + j]));
+      EORA_UNROLL for (int t = 0; t < kT; ++t) {
+        store(t, cb, _mm512_add_epi32(a[t][0], a[t][1]));
+        store(t, cb + 1, _mm512_add_epi32(b[t][0], b[t][1]));
       }
-      store(cb, _mm512_add_epi32(a[0], a[1]));
-      ++cb;
+      cb += 2;
+      continue;
     }
+    __m512i a[kT][2];
+    EORA_UNROLL for (int t = 0; t < kT; ++t) a[t][0] = a[t][1] = _mm512_setzero_si512();
+    for (int k = 0; k < units; ++k) {
+      __m512i va[kGV];
+      UnpackPanelGroup<kBits>(p + kGB * static_cast<size_t>(k), va);
+      EORA_UNROLL for (int j = 0; j < kGV; ++j)
+        EORA_UNROLL for (int t = 0; t < kT; ++t)
+          a[t][j % 2] = _mm512_dpbusd_epi32(a[t][j % 2], va[j], _mm512_set1_epi32(qv_all[t * words + kGV * k + j]));
+    }
+    EORA_UNROLL for (int t = 0; t < kT; ++t) store(t, cb, _mm512_add_epi32(a[t][0], a[t][1]));
+    ++cb;
+  }
+}
+
+template <int kBits>
+void QuantAccTI8Bits(const QuantAccTView& w, const float* u, int ldu, int n, int r, float* y, int ldy, int c0,
+                     int c1) {
+  constexpr int kUnitRows = 4 * (kBits == 4 ? 2 : 4);
+  const int padded = (r + kUnitRows - 1) / kUnitRows * kUnitRows;
+  // int8 v of up to 4 rows, `padded` / 4 words each.
+  int32_t* qv = reinterpret_cast<int32_t*>(ScratchFloats(static_cast<size_t>(padded) + 16, 0));
+  int t = 0;
+  for (; t + 4 <= n; t += 4) QuantAccTI8Rows<kBits, 4>(w, u, ldu, t, r, y, ldy, c0, c1, qv);
+  switch (n - t) {
+    case 3: QuantAccTI8Rows<kBits, 3>(w, u, ldu, t, r, y, ldy, c0, c1, qv); break;
+    case 2: QuantAccTI8Rows<kBits, 2>(w, u, ldu, t, r, y, ldy, c0, c1, qv); break;
+    case 1: QuantAccTI8Rows<kBits, 1>(w, u, ldu, t, r, y, ldy, c0, c1, qv); break;
+    default: break;
   }
 }
 
