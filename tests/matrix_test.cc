@@ -52,6 +52,16 @@ std::vector<std::string> VnniIsas() {
   return out;
 }
 
+// The ISAs whose kernel table has the int8 B side (quant_acc_t_i8).
+std::vector<std::string> Int8BSideIsas() {
+  const std::string saved = cpu::ActiveIsaName();
+  std::vector<std::string> out;
+  for (const std::string& isa : Isas())
+    if (cpu::SetActiveIsa(isa) && cpu::Kernels().quant_acc_t_i8 != nullptr) out.push_back(isa);
+  cpu::SetActiveIsa(saved);
+  return out;
+}
+
 // Restores the default ISA at the end of a test.
 class IsaGuard {
  public:
@@ -460,11 +470,10 @@ TEST(MatrixTest, QuantAccumulateTransposedInt8SharedAcrossThreads) {
   // The int8 B side builds its rank-interleaved copy once, on first use, from
   // whichever thread gets there first; every thread then gets the same bits.
   IsaGuard guard;
-  bool any = false;
-  for (const std::string& isa : Isas()) {
+  const std::vector<std::string> isas = Int8BSideIsas();
+  if (isas.empty()) GTEST_SKIP() << "no int8 B-side kernel on this CPU";
+  for (const std::string& isa : isas) {
     ASSERT_TRUE(cpu::SetActiveIsa(isa));
-    if (cpu::Kernels().quant_acc_t_i8 == nullptr) continue;
-    any = true;
     for (int bits : {2, 3, 4}) {
       const int rows = 64, cols = 333;
       std::mt19937 rng(bits);
@@ -485,18 +494,16 @@ TEST(MatrixTest, QuantAccumulateTransposedInt8SharedAcrossThreads) {
       EXPECT_EQ(qm->TransposedCopyBytes(), static_cast<size_t>(21 * 64 * 16 * bits / 8) + 2 * 4 * 6 * 64);
     }
   }
-  if (!any) GTEST_SKIP() << "no int8 B-side kernel on this CPU";
 }
 
 TEST(MatrixTest, QuantAccumulateTransposedRowsIndependentOfTheBatch) {
   // The int8 B side unpacks each unit once for up to 4 activation rows: a row's
   // result must not depend on how many rows come with it.
   IsaGuard guard;
-  bool any = false;
-  for (const std::string& isa : Isas()) {
+  const std::vector<std::string> isas = Int8BSideIsas();
+  if (isas.empty()) GTEST_SKIP() << "no int8 B-side kernel on this CPU";
+  for (const std::string& isa : isas) {
     ASSERT_TRUE(cpu::SetActiveIsa(isa));
-    if (cpu::Kernels().quant_acc_t_i8 == nullptr) continue;
-    any = true;
     for (int bits : {2, 3, 4}) {
       const int rows = 64, cols = 333, n = 11, ldu = rows + 3, ldy = cols + 5;
       std::mt19937 rng(40 + bits);
@@ -515,7 +522,6 @@ TEST(MatrixTest, QuantAccumulateTransposedRowsIndependentOfTheBatch) {
       }
     }
   }
-  if (!any) GTEST_SKIP() << "no int8 B-side kernel on this CPU";
 }
 
 TEST(MatrixTest, SharedLowRankRegionEqualsSeparatePasses) {
