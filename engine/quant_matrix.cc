@@ -390,7 +390,6 @@ const cpu::QuantAccTView& QuantMatrix::TransposedCopy() const {
     v.cols = C;
     v.bits = bits;
     v.units = units;
-    v.unit_rows = unit_rows;
     v.col_blocks = cbs;
     v.groups = groups_;
     v.group_cols = groups_ == 1 ? C : bpg_ * kQBlock;

@@ -57,13 +57,12 @@ struct QuantView {
 // 96; 2-bit: 16 rows in 64), so the copy reads as many bits per code as W.
 struct QuantAccTView {
   const uint8_t* il = nullptr;     // [col_blocks][units][unit bytes]; zero past rows / cols
-  const float* scale_t = nullptr;  // [groups][units * unit_rows]: scale of row j in group g (0 past rows)
-  const float* min_t = nullptr;    // [groups][units * unit_rows]
+  const float* scale_t = nullptr;  // [groups][units * rows per unit]: scale of row j in group g (0 past rows)
+  const float* min_t = nullptr;    // [groups][units * rows per unit]
   int rows = 0;
   int cols = 0;
   int bits = 4;
-  int units = 0;       // units per column block: ceil(rows / unit_rows)
-  int unit_rows = 8;   // rows per unit: 4 * PanelGroupVectors(bits)
+  int units = 0;       // units per column block: ceil(rows / (4 * PanelGroupVectors(bits)))
   int col_blocks = 0;  // ceil(cols / 16)
   int groups = 1;
   int group_cols = 0;  // columns per group (a multiple of 32), or cols when groups == 1
