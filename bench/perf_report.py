@@ -89,15 +89,16 @@ def main():
     # repetition with and without the adapter (--compare-base), so the overhead
     # comes from paired times in one process rather than from two runs seconds apart.
     lr_rows = []
-    lr_configs = [(16, 16), (16, 64), (16, 128), (4, 64), (3, 64)]
+    # (factor bits, rank, factor group size): quantized factors in groups of 64, as
+    # eora-compressor writes them (eora bench's default), and once per row (0).
+    lr_configs = [(16, 16, 64), (16, 64, 64), (16, 128, 64), (4, 64, 64), (3, 64, 64), (3, 64, 0)]
     if not args.quick:
-        lr_configs = [(b, r) for b in (16, 4, 3) for r in (16, 64, 128)]
-    for lbits, rank in lr_configs:
-        if True:
-            r = bench(f"3-bit + rank {rank} ({lbits}-bit factors)",
-                      ["--synthetic", "stories110m", "--bits", "3", "--lora-rank", str(rank), "--lora-bits", str(lbits),
-                       "--compare-base"], 1, 2, reps=10)
-            lr_rows.append((lbits, rank, r))
+        lr_configs = [(b, r, 64) for b in (16, 4, 3) for r in (16, 64, 128)] + [(3, 64, 0)]
+    for lbits, rank, lgroup in lr_configs:
+        r = bench(f"3-bit + rank {rank} ({lbits}-bit factors, g{lgroup})",
+                  ["--synthetic", "stories110m", "--bits", "3", "--lora-rank", str(rank), "--lora-bits", str(lbits),
+                   "--lora-group-size", str(lgroup), "--compare-base"], 1, 2, reps=10)
+        lr_rows.append((lbits, rank, lgroup, r))
     # The bundled real model.
     model = os.path.join(REPO, "models", "stories260K", "stories260K.gguf")
     for b in batches:
@@ -195,23 +196,26 @@ def main():
                  f"the adapter and 10 without, alternating, in one process; its overhead is the median of the "
                  f"per-repetition time ratios. The table gives the median over the {args.rounds} rounds, with the "
                  f"range in brackets. `extra bytes`: the adapter's bytes read per token (A, and the B side's "
-                 f"copy) against the 3-bit model's.")
+                 f"copy) against the 3-bit model's. Quantized factors come in groups of 64 along each rank "
+                 f"component (what eora-compressor writes, `--lora-group-size 64`, the default) or one group per "
+                 f"rank component (`--lora-group-size 0`).")
     lines.append("")
     lines.append("| factors | rank | decode tok/s with / without | decode overhead [range] | prefill overhead | MB/token | extra bytes |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
-    for lbits, rank, r in lr_rows:
+    for lbits, rank, lgroup, r in lr_rows:
         ov = r["lora_decode_overhead"]
         ovs = [x["lora_decode_overhead"] for x in r["all_runs"]]
         extra = r["weight_bytes"] / r["base_weight_bytes"] - 1
         mark = " (**over 10%**)" if rank == 64 and ov > 0.10 else (" (met)" if rank == 64 else "")
-        lines.append(f"| {lbits}-bit | {rank} | {r['decode_tok_s']:.0f} / {r['base_decode_tok_s']:.0f} | "
+        factors = f"{lbits}-bit" if lbits >= 16 else f"{lbits}-bit, " + (f"g{lgroup}" if lgroup else "per row")
+        lines.append(f"| {factors} | {rank} | {r['decode_tok_s']:.0f} / {r['base_decode_tok_s']:.0f} | "
                      f"{100*ov:+.1f}% [{100*min(ovs):+.1f}, {100*max(ovs):+.1f}]{mark} | "
                      f"{100*r['lora_prefill_overhead']:+.1f}% | {r['weight_bytes']/1e6:.2f} | {100*extra:+.1f}% |")
     lines.append("")
     lines.append("Commands (each row): `build/bin/eora bench <flags> --json`, for example:")
     lines.append("")
     lines.append("```")
-    for r in rows[:2] + [lr_rows[1][2], lr_rows[-1][2]]:
+    for r in rows[:2] + [lr_rows[1][-1], lr_rows[-2][-1], lr_rows[-1][-1]]:
         lines.append(r["cmd"])
     lines.append("```")
     lines.append("")

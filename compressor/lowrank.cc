@@ -7,6 +7,7 @@
 #include "compressor/algorithms.h"
 #include "compressor/internal.h"
 #include "compressor/linalg.h"
+#include "engine/lowrank.h"
 
 namespace eora::compress {
 namespace {
@@ -163,9 +164,8 @@ absl::StatusOr<LowRank> FitEora(const float* dw, int m, int n, const EoraBasis& 
 }
 
 // Group size of quantized factors, along each rank component of A and of B^T (a
-// row shorter than this is one group). Per-row groups were 0.2-0.3% worse in
-// perplexity on stories260K (docs/accuracy.md), whose FFN rows are 172 long.
-constexpr int kFactorGroup = 64;
+// row shorter than this is one group): the engine's kFactorGroupSize.
+constexpr int kFactorGroup = kFactorGroupSize;
 
 absl::StatusOr<QuantizedFactors> QuantizeFactors(const LowRank& lr, int bits,
                                                  const CalibStats* input_stats) {

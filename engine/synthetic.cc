@@ -161,7 +161,6 @@ absl::StatusOr<std::shared_ptr<const LowRankAdapter>> MakeRandomAdapter(
   const int out_dims[kNumModules] = {c.q_dim(), c.kv_dim(), c.kv_dim(), c.dim,
                                      c.ffn_dim, c.ffn_dim,  c.dim};
   WeightStorage fs = storage;
-  fs.group_size = 0;  // one group per row: each rank component quantized on its own
   fs.sparse24 = false;
   std::vector<std::array<LowRankFactors, kNumModules>> layers(c.n_layers);
   std::vector<float> buf;

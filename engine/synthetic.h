@@ -37,7 +37,9 @@ absl::StatusOr<std::shared_ptr<ModelWeights>> ConvertModelStorage(const ModelWei
                                                                   const WeightStorage& storage);
 
 // A random adapter of rank `rank` on all seven modules of every layer; factors
-// stored as `storage` (bits 32, 16, 4, 3; quantized per row, one group per row).
+// stored as `storage` (bits 32, 16, 4, 3; quantized factors in groups of
+// storage.group_size along each row of A and of B^T, as eora-compressor writes them
+// with kFactorGroupSize; 0 = one group per row).
 absl::StatusOr<std::shared_ptr<const LowRankAdapter>> MakeRandomAdapter(
     const std::string& name, const ModelConfig& config, int rank, const WeightStorage& storage,
     uint64_t seed, float scale = 0.01f);

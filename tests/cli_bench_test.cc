@@ -47,12 +47,30 @@ TEST(CliBench, CompareBaseReportsBothSidesFromOneRun) {
   EXPECT_GT(JsonNumber(plain.out, "decode_tok_s"), 0.0) << plain.out;
 }
 
+TEST(CliBench, FactorGroupSizeIsTheCompressorsByDefault) {
+  const std::string eora = testing::EoraCliPath();
+  if (eora.empty()) GTEST_SKIP() << "bin/eora not built";
+  const std::string lr = " --reps 1 --gen-tokens 2 --lora-rank 16 --lora-bits 4";
+  const ShResult def = Sh(eora + kSmall + lr);
+  const ShResult g64 = Sh(eora + kSmall + lr + " --lora-group-size 64");
+  const ShResult row = Sh(eora + kSmall + lr + " --lora-group-size 0");
+  ASSERT_EQ(def.rc, 0) << def.out;
+  ASSERT_EQ(g64.rc, 0) << g64.out;
+  ASSERT_EQ(row.rc, 0) << row.out;
+  EXPECT_EQ(JsonNumber(def.out, "lora_group_size"), 64.0) << def.out;
+  EXPECT_EQ(JsonNumber(def.out, "weight_bytes"), JsonNumber(g64.out, "weight_bytes"));
+  // stories260k's rows of 64 and 172 columns: groups of 64 hold more scales than
+  // one group per row, so the factors read more bytes.
+  EXPECT_GT(JsonNumber(g64.out, "weight_bytes"), JsonNumber(row.out, "weight_bytes")) << g64.out << row.out;
+}
+
 TEST(CliBench, UsageErrorsExit2) {
   const std::string eora = testing::EoraCliPath();
   if (eora.empty()) GTEST_SKIP() << "bin/eora not built";
   EXPECT_EQ(Sh(eora + kSmall + " --compare-base").rc, 2);  // no --lora-rank
   EXPECT_EQ(Sh(eora + kSmall + " --lora-rank -1").rc, 2);
   EXPECT_EQ(Sh(eora + kSmall + " --reps 0").rc, 2);
+  EXPECT_EQ(Sh(eora + kSmall + " --lora-rank 4 --lora-group-size 48").rc, 2);
   EXPECT_EQ(Sh(eora + " bench --synthetic nosuchmodel").rc, 2);
   EXPECT_EQ(Sh(eora + " bench").rc, 2);  // neither --model nor --synthetic
 }

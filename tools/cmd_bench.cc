@@ -79,6 +79,9 @@ int RunBench(int argc, char** argv) {
   args.Switch("sparse24", "prune linear weights to 2:4 (magnitude) before storing them");
   args.Flag("lora-rank", "R", "0", "attach a random rank-R adapter to all linear layers; 0 = none");
   args.Flag("lora-bits", "32|16|4|3", "16", "adapter factor storage");
+  args.Flag("lora-group-size", "G", std::to_string(kFactorGroupSize),
+            "group size of quantized factors (multiple of 32; 0 = one group per rank component); "
+            "the default is what eora-compressor writes");
   args.Switch("compare-base", "with --lora-rank: also time every repetition without the adapter and "
                               "report the adapter's overhead from the paired times");
   args.Flag("batch", "B", "1", "sequences decoded together");
@@ -97,9 +100,10 @@ int RunBench(int argc, char** argv) {
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
   std::string err;
-  int64_t group, rank, lora_bits, batch, threads, lanes, ptoks, gtoks, reps, seed, dctx, bits = 0;
+  int64_t group, lora_group, rank, lora_bits, batch, threads, lanes, ptoks, gtoks, reps, seed, dctx, bits = 0;
   if (!args.Int("group-size", &group, &err) || !args.Int("lora-rank", &rank, &err) ||
-      !args.Int("lora-bits", &lora_bits, &err) || !args.Int("batch", &batch, &err) ||
+      !args.Int("lora-bits", &lora_bits, &err) || !args.Int("lora-group-size", &lora_group, &err) ||
+      !args.Int("batch", &batch, &err) ||
       !args.Int("threads", &threads, &err) || !args.Int("lanes", &lanes, &err) ||
       !args.Int("prompt-tokens", &ptoks, &err) ||
       !args.Int("gen-tokens", &gtoks, &err) || !args.Int("reps", &reps, &err) ||
@@ -119,6 +123,8 @@ int RunBench(int argc, char** argv) {
   const bool compare = args.Has("compare-base");
   if (compare && rank == 0) return UsageError(cmd, "--compare-base needs --lora-rank R > 0");
   if (group < 0 || group % 32 != 0) return UsageError(cmd, "--group-size must be 0 or a multiple of 32");
+  if (lora_group < 0 || lora_group % 32 != 0)
+    return UsageError(cmd, "--lora-group-size must be 0 or a multiple of 32");
   const absl::StatusOr<KvDType> kv_dtype = KvDTypeFlag(args);
   if (!kv_dtype.ok()) return UsageError(cmd, std::string(kv_dtype.status().message()));
 
@@ -159,6 +165,7 @@ int RunBench(int argc, char** argv) {
   if (rank > 0) {
     WeightStorage fs;
     fs.bits = static_cast<int>(lora_bits);
+    fs.group_size = static_cast<int>(lora_group);
     auto a = MakeRandomAdapter("bench", c, static_cast<int>(rank), fs, static_cast<uint64_t>(seed) + 7);
     if (!a.ok()) return Fail(cmd, a.status());
     adapter = *a;
@@ -261,13 +268,13 @@ int RunBench(int argc, char** argv) {
   if (args.Has("json")) {
     std::printf(
         "{\"model\": \"%s\", \"format\": \"%s\", \"batch\": %lld, \"threads\": %lld, \"lanes\": %lld, "
-        "\"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"decode_context\": %lld, \"lora_rank\": %lld, \"lora_bits\": %lld, "
+        "\"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"decode_context\": %lld, \"lora_rank\": %lld, \"lora_bits\": %lld, \"lora_group_size\": %lld, "
         "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, \"weight_bytes\": %zu, "
         "\"decode_gb_s\": %.3f, \"kv_dtype\": \"%s\", \"isa\": \"%s\"",
         name.c_str(), fmt.c_str(), static_cast<long long>(batch), static_cast<long long>(threads),
         static_cast<long long>(lanes), static_cast<long long>(ptoks), static_cast<long long>(gtoks),
         static_cast<long long>(decode_start), static_cast<long long>(rank),
-        static_cast<long long>(lora_bits), pre, dec, wbytes, gbs, KvDTypeName(*kv_dtype), KernelIsaName());
+        static_cast<long long>(lora_bits), static_cast<long long>(lora_group), pre, dec, wbytes, gbs, KvDTypeName(*kv_dtype), KernelIsaName());
     if (compare)
       std::printf(", \"base_prefill_tok_s\": %.2f, \"base_decode_tok_s\": %.2f, \"base_weight_bytes\": %zu, "
                   "\"lora_prefill_overhead\": %.4f, \"lora_decode_overhead\": %.4f",
