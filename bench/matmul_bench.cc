@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/lowrank.h"
 #include "engine/matrix.h"
 #include "engine/thread_pool.h"
 
@@ -76,10 +77,12 @@ void BM_MatMul(benchmark::State& state, Format f, int rows, int cols, int n, int
 }
 
 // One output of a 3-bit base with and without a low-rank term of rank `rank`
-// (factors quantized per row to `lora_bits`, as eora bench's random adapters), run
+// (factors quantized to `lora_bits` in groups of `lora_group` columns, 0 = one per
+// row, as eora bench's random adapters), run
 // like the decode's module products (MatMulSharedLowRank): the in-cache cost of
 // the adapter against its base. rank 0: the base alone.
-void BM_LowRank(benchmark::State& state, Format f, int lora_bits, int rank, int rows, int cols, int n, int threads) {
+void BM_LowRank(benchmark::State& state, Format f, int lora_bits, int lora_group, int rank, int rows, int cols, int n,
+                int threads) {
   auto m = Make(f, rows, cols);
   std::unique_ptr<Matrix> a, bt;
   if (rank > 0) {
@@ -88,8 +91,8 @@ void BM_LowRank(benchmark::State& state, Format f, int lora_bits, int rank, int 
     std::vector<float> wa(static_cast<size_t>(rank) * cols), wb(static_cast<size_t>(rank) * rows);
     for (auto& v : wa) v = dist(rng);
     for (auto& v : wb) v = dist(rng);
-    a = std::move(MakeQuantizedMatrix(QuantizeRtn(wa.data(), rank, cols, {lora_bits, 0})).value());
-    bt = std::move(MakeQuantizedMatrix(QuantizeRtn(wb.data(), rank, rows, {lora_bits, 0})).value());
+    a = std::move(MakeQuantizedMatrix(QuantizeRtn(wa.data(), rank, cols, {lora_bits, lora_group})).value());
+    bt = std::move(MakeQuantizedMatrix(QuantizeRtn(wb.data(), rank, rows, {lora_bits, lora_group})).value());
     bt->PrepareAccumulateTransposed();
   }
   std::vector<float> x(static_cast<size_t>(n) * cols), y(static_cast<size_t>(n) * rows);
@@ -147,12 +150,17 @@ int Register() {
   // Batch 1 (decode) and 16 (batched decode; the B side's row blocking).
   for (int n : {1, 16}) {
     for (const Shape& s : {Shape{768, 768}, Shape{2048, 768}, Shape{768, 2048}}) {
-      for (const auto& [rank, bits] : {std::pair{0, 3}, std::pair{64, 3}, std::pair{64, 4}}) {
-        const std::string name = std::string("LowRank/q3g64+") +
-                                 (rank == 0 ? "none" : "r" + std::to_string(rank) + "q" + std::to_string(bits)) +
-                                 "/" + std::to_string(s.rows) + "x" + std::to_string(s.cols) + "/n" +
-                                 std::to_string(n) + "/t1";
-        benchmark::RegisterBenchmark(name.c_str(), BM_LowRank, kFormats[6], bits, rank, s.rows, s.cols, n, 1)
+      struct Term {
+        int rank, bits, group;
+      };
+      for (const Term& t : {Term{0, 3, 0}, Term{64, 3, kFactorGroupSize}, Term{64, 3, 0}, Term{64, 4, kFactorGroupSize}}) {
+        const std::string term = "r" + std::to_string(t.rank) + "q" + std::to_string(t.bits) +
+                                 (t.group ? "g" + std::to_string(t.group) : "row");
+        const std::string name = std::string("LowRank/q3g64+") + (t.rank == 0 ? "none" : term) + "/" +
+                                 std::to_string(s.rows) + "x" + std::to_string(s.cols) + "/n" + std::to_string(n) +
+                                 "/t1";
+        benchmark::RegisterBenchmark(name.c_str(), BM_LowRank, kFormats[6], t.bits, t.group, t.rank, s.rows, s.cols,
+                                     n, 1)
             ->Unit(benchmark::kMicrosecond)
             ->UseRealTime();
       }

@@ -350,7 +350,7 @@ void QuantMatrix::PrepareAccumulateTransposed() const {
 
 size_t QuantMatrix::TransposedCopyBytes() const {
   if (!tc_built_.load(std::memory_order_acquire)) return 0;
-  return tc_il_.size() + sizeof(float) * (tc_scale_t_.size() + tc_min_t_.size());
+  return tc_il_.size() + sizeof(uint16_t) * (tc_scale_t_.size() + tc_min_t_.size());
 }
 
 const cpu::QuantAccTView& QuantMatrix::TransposedCopy() const {
@@ -375,12 +375,12 @@ const cpu::QuantAccTView& QuantMatrix::TransposedCopy() const {
         cpu::PackPanelUnit(bits, vec.data(), gv, tc_il_.data() + (static_cast<size_t>(cb) * units + k) * gb);
       }
     const size_t stride = static_cast<size_t>(units) * unit_rows;
-    tc_scale_t_.assign(static_cast<size_t>(groups_) * stride, 0.f);
-    tc_min_t_.assign(static_cast<size_t>(groups_) * stride, 0.f);
+    tc_scale_t_.assign(static_cast<size_t>(groups_) * stride, 0);  // F16 zero
+    tc_min_t_.assign(static_cast<size_t>(groups_) * stride, 0);
     for (int j = 0; j < R; ++j)
       for (int g = 0; g < groups_; ++g) {
-        tc_scale_t_[g * stride + j] = F16ToF32(p_.scale_f16[ScaleIndex(j, g)]);
-        tc_min_t_[g * stride + j] = F16ToF32(p_.min_f16[ScaleIndex(j, g)]);
+        tc_scale_t_[g * stride + j] = p_.scale_f16[ScaleIndex(j, g)];
+        tc_min_t_[g * stride + j] = p_.min_f16[ScaleIndex(j, g)];
       }
     cpu::QuantAccTView v;
     v.il = tc_il_.data();

@@ -120,7 +120,7 @@ class QuantMatrix final : public Matrix {
   size_t row_bytes_ = 0;
   mutable std::once_flag tc_once_;
   mutable WeightVector<uint8_t> tc_il_;
-  mutable std::vector<float> tc_scale_t_, tc_min_t_;
+  mutable std::vector<uint16_t> tc_scale_t_, tc_min_t_;  // F16, as the matrix's own
   mutable cpu::QuantAccTView tc_view_;
   mutable std::atomic<bool> tc_built_{false};
 };

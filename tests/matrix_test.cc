@@ -490,8 +490,8 @@ TEST(MatrixTest, QuantAccumulateTransposedInt8SharedAcrossThreads) {
       for (auto& t : ts) t.join();
       for (int i = 1; i < 4; ++i) ASSERT_EQ(ys[i], ys[0]) << "thread " << i;
       // The codes at the matrix's own width (64 ranks x 16 columns x bits / 8 bytes per
-      // column block, 21 blocks), plus F32 scale and min per group and rank.
-      EXPECT_EQ(qm->TransposedCopyBytes(), static_cast<size_t>(21 * 64 * 16 * bits / 8) + 2 * 4 * 6 * 64);
+      // column block, 21 blocks), plus an F16 scale and min per group and rank.
+      EXPECT_EQ(qm->TransposedCopyBytes(), static_cast<size_t>(21 * 64 * 16 * bits / 8) + 2 * 2 * 6 * 64);
     }
   }
 }

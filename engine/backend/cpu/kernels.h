@@ -57,8 +57,8 @@ struct QuantView {
 // 96; 2-bit: 16 rows in 64), so the copy reads as many bits per code as W.
 struct QuantAccTView {
   const uint8_t* il = nullptr;     // [col_blocks][units][unit bytes]; zero past rows / cols
-  const float* scale_t = nullptr;  // [groups][units * rows per unit]: scale of row j in group g (0 past rows)
-  const float* min_t = nullptr;    // [groups][units * rows per unit]
+  const uint16_t* scale_t = nullptr;  // F16 [groups][units * rows per unit]: scale of row j in group g (0 past rows)
+  const uint16_t* min_t = nullptr;    // F16 [groups][units * rows per unit]
   int rows = 0;
   int cols = 0;
   int bits = 4;

@@ -1075,27 +1075,52 @@ void Sparse24QGemmVnni(const Sparse24QuantView& w, const QActView& x, float* y, 
 // v_j = u_j * scale_jg (j < r) of one activation row and group, quantized to int8
 // words of 4 ranks at qv (room for `padded` ranks, zero past r); the step e to *e
 // and the min term sum_j u_j * min_jg to *m.
-inline void QuantizeRankVector(const float* ut, const float* sc, const float* mn, int r, int padded, int32_t* qv,
-                               float* e, float* m) {
+inline __m512 LoadF16(__mmask16 k, const uint16_t* p) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p)); }
+
+inline void QuantizeRankVector(const float* ut, const uint16_t* sc, const uint16_t* mn, int r, int padded,
+                               int32_t* qv, float* e, float* m) {
   __m512 amax = _mm512_setzero_ps(), msum = _mm512_setzero_ps();
-  for (int j = 0; j < padded; j += 16) {
+  auto rank_mask = [r](int j) {
     const int left = r - j;
-    const __mmask16 k = static_cast<__mmask16>(left >= 16 ? 0xFFFFu : left <= 0 ? 0u : (1u << left) - 1u);
-    const __m512 uj = _mm512_maskz_loadu_ps(k, ut + j);
-    const __m512 v = _mm512_mul_ps(uj, _mm512_maskz_loadu_ps(k, sc + j));
-    amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
-    msum = _mm512_fmadd_ps(uj, _mm512_maskz_loadu_ps(k, mn + j), msum);
-  }
-  const float mx = _mm512_reduce_max_ps(amax);
-  const __m512 inv = _mm512_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
-  for (int j = 0; j < padded; j += 16) {
-    const int left = r - j;
-    const __mmask16 k = static_cast<__mmask16>(left >= 16 ? 0xFFFFu : left <= 0 ? 0u : (1u << left) - 1u);
-    const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, ut + j), _mm512_maskz_loadu_ps(k, sc + j));
+    return static_cast<__mmask16>(left >= 16 ? 0xFFFFu : left <= 0 ? 0u : (1u << left) - 1u);
+  };
+  auto store = [&](int j, __m512 v, __m512 inv) {
     const __m128i q8 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v, inv)));
     // Only whole 4-rank words up to `padded` ranks are used.
     const int words = (padded - j) >= 16 ? 4 : (padded - j) / 4;
     _mm_mask_storeu_epi32(qv + j / 4, static_cast<__mmask8>((1u << words) - 1u), q8);
+  };
+  if (padded <= 64) {
+    // Up to 64 ranks (one group's v per call at the common ranks): v stays in
+    // registers between the two passes. Same arithmetic as below, same bits.
+    __m512 v[4];
+    EORA_UNROLL for (int i = 0; i < 4; ++i) {
+      const __mmask16 k = rank_mask(16 * i);
+      const __m512 uj = _mm512_maskz_loadu_ps(k, ut + 16 * i);
+      v[i] = _mm512_mul_ps(uj, LoadF16(k, sc + 16 * i));
+      amax = _mm512_max_ps(amax, _mm512_abs_ps(v[i]));
+      msum = _mm512_fmadd_ps(uj, LoadF16(k, mn + 16 * i), msum);
+    }
+    const float mx = _mm512_reduce_max_ps(amax);
+    const __m512 inv = _mm512_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
+    EORA_UNROLL for (int i = 0; i < 4; ++i)
+      if (16 * i < padded) store(16 * i, v[i], inv);
+    *e = mx / 127.f;
+    *m = _mm512_reduce_add_ps(msum);
+    return;
+  }
+  for (int j = 0; j < padded; j += 16) {
+    const __mmask16 k = rank_mask(j);
+    const __m512 uj = _mm512_maskz_loadu_ps(k, ut + j);
+    const __m512 v = _mm512_mul_ps(uj, LoadF16(k, sc + j));
+    amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+    msum = _mm512_fmadd_ps(uj, LoadF16(k, mn + j), msum);
+  }
+  const float mx = _mm512_reduce_max_ps(amax);
+  const __m512 inv = _mm512_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
+  for (int j = 0; j < padded; j += 16) {
+    const __mmask16 k = rank_mask(j);
+    store(j, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, ut + j), LoadF16(k, sc + j)), inv);
   }
   *e = mx / 127.f;
   *m = _mm512_reduce_add_ps(msum);
@@ -1123,8 +1148,8 @@ void QuantAccTI8Rows(const QuantAccTView& w, const float* u, int ldu, int t0, in
     const int g = w.groups == 1 ? 0 : 16 * cb / w.group_cols;
     if (g != cur) {
       cur = g;
-      const float* sc = w.scale_t + static_cast<size_t>(g) * stride;
-      const float* mn = w.min_t + static_cast<size_t>(g) * stride;
+      const uint16_t* sc = w.scale_t + static_cast<size_t>(g) * stride;
+      const uint16_t* mn = w.min_t + static_cast<size_t>(g) * stride;
       EORA_UNROLL for (int t = 0; t < kT; ++t) {
         float e, m;
         QuantizeRankVector(u + static_cast<size_t>(t0 + t) * ldu, sc, mn, r, padded, qv_all + t * words, &e, &m);
