@@ -47,7 +47,8 @@ def main():
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     ap.add_argument("--quick", action="store_true",
                     help="fewer configurations: F16/4/3-bit only, batch 16 at 2 threads only, "
-                         "adapter factors 16-bit at rank 16/64/128 and 4-/3-bit at rank 64, stories260K at 1 thread")
+                         "adapter factors 16-bit at rank 16/64/128, 4-/3-bit at rank 64 in groups of 64 and 3-bit per "
+                         "row, stories260K at 1 thread")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--note", default="", help="free text added to the report (e.g. what else ran on the machine)")
     ap.add_argument("--rounds", type=int, default=3,
