@@ -109,29 +109,33 @@ void ApplyRuns(const std::vector<LowRankRun>& runs, const float* x, int ldx, flo
   scratch->u.resize(u_size);
   float* u = scratch->u.data();
 
-  // u_s [rows_s][r_s] = x_s A[:r]^T. Work items: (run, rank row) pairs, split over threads.
+  // u_s [rows_s][r_s] = x_s A[:r]^T. Work items: (run, rank row) pairs, split over
+  // threads; each run's rank rows padded to the A matrices' row alignment (16-row
+  // panels), so that no two chunks compute the same panel. Each run's input rows
+  // are quantized once, here, for all chunks.
+  if (scratch->qx.size() < runs.size()) scratch->qx.resize(runs.size());
   std::vector<int64_t> starts;
   int64_t total = 0;
-  for (const auto& a : runs) {
+  int align = 1;
+  for (const auto& a : runs) align = std::max(align, a.f->a->RowAlignment());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const LowRankRun& a = runs[i];
     starts.push_back(total);
-    total += a.r;
+    total += (a.r + align - 1) / align * align;
+    if (a.f->a->WantsQuantizedInput())
+      scratch->qx[i].Quantize(x + static_cast<size_t>(a.begin) * ldx, a.end - a.begin, a.f->a->cols(), ldx);
   }
   auto run_a = [&](int, int64_t b, int64_t e) {
-    QuantizedActivations qx;
     for (size_t i = 0; i < runs.size(); ++i) {
       const int64_t lo = std::max<int64_t>(b, starts[i]);
       const int64_t hi = std::min<int64_t>(e, starts[i] + runs[i].r);
       if (lo >= hi) continue;
       const LowRankRun& a = runs[i];
-      const int rows = a.end - a.begin;
       MatMulInput in;
       in.x = x + static_cast<size_t>(a.begin) * ldx;
-      in.n = rows;
+      in.n = a.end - a.begin;
       in.ldx = ldx;
-      if (a.f->a->WantsQuantizedInput()) {
-        qx.Quantize(in.x, rows, a.f->a->cols(), ldx);
-        in.qx = &qx;
-      }
+      if (a.f->a->WantsQuantizedInput()) in.qx = &scratch->qx[i];
       a.f->a->MatMulRows(in, u + u_off[i], a.r, static_cast<int>(lo - starts[i]),
                          static_cast<int>(hi - starts[i]));
     }
@@ -141,7 +145,7 @@ void ApplyRuns(const std::vector<LowRankRun>& runs, const float* x, int ldx, flo
     work_a += static_cast<int64_t>(a.end - a.begin) * a.r * a.f->a->cols();
     work_b += static_cast<int64_t>(a.end - a.begin) * a.r * a.f->bt->cols();
   }
-  if (pool) pool->ParallelFor(total, 1, work_a, run_a); else run_a(0, 0, total);
+  if (pool) pool->ParallelFor(total, align, work_a, run_a); else run_a(0, 0, total);
 
   // y_s += u_s Bt[:r]: split output columns over threads.
   const int out = runs[0].f->bt->cols();

@@ -76,6 +76,7 @@ struct LowRankSegment {
 // Scratch reused across calls.
 struct LowRankScratch {
   std::vector<float> u;  // [rows][max rank]
+  std::vector<QuantizedActivations> qx;  // per run: its input rows in int8
   MatMulScratch mm;
 };
 

@@ -64,6 +64,23 @@ TEST(CliBench, FactorGroupSizeIsTheCompressorsByDefault) {
   EXPECT_GT(JsonNumber(g64.out, "weight_bytes"), JsonNumber(row.out, "weight_bytes")) << g64.out << row.out;
 }
 
+TEST(CliBench, SeveralAdaptersInOneBatchReadEachAdaptersBytes) {
+  const std::string eora = testing::EoraCliPath();
+  if (eora.empty()) GTEST_SKIP() << "bin/eora not built";
+  const std::string lr = " --reps 1 --gen-tokens 2 --lora-rank 8 --lora-bits 4 --compare-base";
+  const ShResult one = Sh(eora + kSmall + lr);
+  const ShResult two = Sh(eora + kSmall + lr + " --lora-adapters 2");
+  ASSERT_EQ(one.rc, 0) << one.out;
+  ASSERT_EQ(two.rc, 0) << two.out;
+  EXPECT_EQ(JsonNumber(one.out, "lora_adapters"), 1.0) << one.out;
+  EXPECT_EQ(JsonNumber(two.out, "lora_adapters"), 2.0) << two.out;
+  const double base = JsonNumber(one.out, "base_weight_bytes");
+  EXPECT_EQ(JsonNumber(two.out, "base_weight_bytes"), base);
+  // The batch's two sequences use two adapters of the same size: twice the bytes.
+  EXPECT_EQ(JsonNumber(two.out, "weight_bytes") - base, 2 * (JsonNumber(one.out, "weight_bytes") - base));
+  EXPECT_GT(JsonNumber(two.out, "decode_tok_s"), 0.0) << two.out;
+}
+
 TEST(CliBench, UsageErrorsExit2) {
   const std::string eora = testing::EoraCliPath();
   if (eora.empty()) GTEST_SKIP() << "bin/eora not built";
@@ -71,6 +88,8 @@ TEST(CliBench, UsageErrorsExit2) {
   EXPECT_EQ(Sh(eora + kSmall + " --lora-rank -1").rc, 2);
   EXPECT_EQ(Sh(eora + kSmall + " --reps 0").rc, 2);
   EXPECT_EQ(Sh(eora + kSmall + " --lora-rank 4 --lora-group-size 48").rc, 2);
+  EXPECT_EQ(Sh(eora + kSmall + " --lora-rank 4 --lora-adapters 3").rc, 2);  // more than --batch 2
+  EXPECT_EQ(Sh(eora + kSmall + " --lora-adapters 2").rc, 2);                // no --lora-rank
   EXPECT_EQ(Sh(eora + " bench --synthetic nosuchmodel").rc, 2);
   EXPECT_EQ(Sh(eora + " bench").rc, 2);  // neither --model nor --synthetic
 }

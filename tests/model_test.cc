@@ -405,6 +405,36 @@ TEST(Model, LowRankMatchesMergedWeightsAndMixesInOneBatch) {
   EXPECT_LT(MaxRelDiff(logits.data() + 3 * 97, ref_a.data(), 97), 1e-4);
 }
 
+// Quantized factors (int8 activations on the A side, the int8 B side): a batch
+// that mixes two adapters and a plain sequence (ApplyLowRank, each run's rows
+// quantized once and its A rows split in whole panels) gives each sequence what it
+// gets alone (one adapter: its A products in the base products' region).
+TEST(Model, QuantizedFactorsMixedBatchEqualsEachAlone) {
+  auto w = TinyModel();
+  ThreadPool pool(2);
+  Model m(w, &pool);
+  WeightStorage q4;
+  q4.bits = 4;
+  auto ad1 = MakeRandomAdapter("one", m.config(), 20, q4, 21, 0.2f);
+  auto ad2 = MakeRandomAdapter("two", m.config(), 16, q4, 22, 0.2f);
+  ASSERT_TRUE(ad1.ok() && ad2.ok());
+  const auto ta = RandomTokens(7, 31, 97), tb = RandomTokens(5, 32, 97), tc = RandomTokens(4, 33, 97);
+  const auto ref_a = RunAlone(m, ta, ad1->get(), 18);
+  const auto ref_b = RunAlone(m, tb, ad2->get(), 16);
+  const auto ref_c = RunAlone(m, tc);
+  EXPECT_GT(MaxRelDiff(RunAlone(m, ta).data(), ref_a.data(), 97), 1e-3);  // the adapter matters
+  KvCache cache(m.config(), 256);
+  KvSequence s1 = cache.NewSequence(), s2 = cache.NewSequence(), s3 = cache.NewSequence();
+  std::vector<SequenceChunk> batch = {{&s1, ta, ad1->get(), 18, LogitsMode::kLast},
+                                      {&s2, tb, ad2->get(), 16, LogitsMode::kLast},
+                                      {&s3, tc, nullptr, 0, LogitsMode::kLast}};
+  std::vector<float> logits;
+  ASSERT_TRUE(m.Forward(batch, &cache, &logits).ok());
+  EXPECT_LT(MaxRelDiff(logits.data(), ref_a.data(), 97), 1e-5);
+  EXPECT_LT(MaxRelDiff(logits.data() + 97, ref_b.data(), 97), 1e-5);
+  EXPECT_LT(MaxRelDiff(logits.data() + 2 * 97, ref_c.data(), 97), 1e-5);
+}
+
 TEST(Generator, BatchOfRequestsEqualsEachAlone) {
   auto w = TinyModel();
   ThreadPool pool(2);

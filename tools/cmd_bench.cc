@@ -33,6 +33,7 @@ struct BenchLane {
   std::unique_ptr<Model> model;
   std::unique_ptr<KvCache> cache;
   int64_t batch = 0;
+  int64_t first = 0;  // index of the lane's first sequence in the whole batch
   std::mt19937 rng;
   std::vector<float> logits;
   std::vector<KvSequence> seqs;
@@ -41,8 +42,10 @@ struct BenchLane {
   absl::Status status;
 };
 
-// Fresh sequences of `len` random tokens in every chunk of the lane.
-void NewPrompts(BenchLane* l, int64_t len, const LowRankAdapter* adapter, int rank, int vocab) {
+// Fresh sequences of `len` random tokens in every chunk of the lane; sequence b of
+// the whole batch uses adapters[b % size] (none when `adapters` is empty).
+void NewPrompts(BenchLane* l, int64_t len, const std::vector<const LowRankAdapter*>& adapters, int rank,
+                int vocab) {
   std::uniform_int_distribution<int> tok(3, vocab - 1);
   for (auto& s : l->seqs) l->cache->Free(&s);
   l->seqs.clear();
@@ -52,7 +55,9 @@ void NewPrompts(BenchLane* l, int64_t len, const LowRankAdapter* adapter, int ra
   for (int64_t b = 0; b < l->batch; ++b) {
     for (int64_t i = 0; i < len; ++i) l->prompts[b].push_back(tok(l->rng));
     l->seqs.push_back(l->cache->NewSequence());
-    l->chunks.push_back({&l->seqs.back(), l->prompts[b], adapter, rank, LogitsMode::kLast});
+    const LowRankAdapter* adapter =
+        adapters.empty() ? nullptr : adapters[static_cast<size_t>((l->first + b) % static_cast<int64_t>(adapters.size()))];
+    l->chunks.push_back({&l->seqs.back(), l->prompts[b], adapter, adapter ? rank : 0, LogitsMode::kLast});
   }
 }
 
@@ -71,7 +76,9 @@ int RunBench(int argc, char** argv) {
             "With --lora-rank R and --compare-base, every repetition runs twice, with and\n"
             "without the adapter (the order alternates), and the overhead is the median of\n"
             "the per-repetition time ratios: the two sides share the process, the weights\n"
-            "and the moment, so a shared machine's drift cancels out.");
+            "and the moment, so a shared machine's drift cancels out. --lora-adapters N gives\n"
+            "the sequences N different adapters in turn (a multi-adapter batch, as a server\n"
+            "batches requests for different tasks).");
   args.Flag("model", "PATH", "", "a .gguf file or Hugging Face directory (or use --synthetic)");
   args.Flag("synthetic", "NAME", "", "random weights with the shapes of stories260k, stories110m, llama2-7b or llama3-8b");
   args.Flag("bits", "32|16|4|3|2", "", "weight storage: 32/16 dense float, 4/3/2 group-wise quantized (RTN); default: the model file's, or 16 for --synthetic");
@@ -79,6 +86,8 @@ int RunBench(int argc, char** argv) {
   args.Switch("sparse24", "prune linear weights to 2:4 (magnitude) before storing them");
   args.Flag("lora-rank", "R", "0", "attach a random rank-R adapter to all linear layers; 0 = none");
   args.Flag("lora-bits", "32|16|4|3", "16", "adapter factor storage");
+  args.Flag("lora-adapters", "N", "1", "with --lora-rank: N random adapters, sequence b using adapter b mod N "
+                                       "(at most --batch)");
   args.Flag("lora-group-size", "G", std::to_string(kFactorGroupSize),
             "group size of quantized factors (multiple of 32; 0 = one group per rank component); "
             "the default is what eora-compressor writes");
@@ -100,9 +109,10 @@ int RunBench(int argc, char** argv) {
   int rc = 0;
   if (!ParseOrExit(args, argc, argv, &rc)) return rc;
   std::string err;
-  int64_t group, lora_group, rank, lora_bits, batch, threads, lanes, ptoks, gtoks, reps, seed, dctx, bits = 0;
+  int64_t group, lora_group, lora_count, rank, lora_bits, batch, threads, lanes, ptoks, gtoks, reps, seed, dctx, bits = 0;
   if (!args.Int("group-size", &group, &err) || !args.Int("lora-rank", &rank, &err) ||
       !args.Int("lora-bits", &lora_bits, &err) || !args.Int("lora-group-size", &lora_group, &err) ||
+      !args.Int("lora-adapters", &lora_count, &err) ||
       !args.Int("batch", &batch, &err) ||
       !args.Int("threads", &threads, &err) || !args.Int("lanes", &lanes, &err) ||
       !args.Int("prompt-tokens", &ptoks, &err) ||
@@ -122,6 +132,9 @@ int RunBench(int argc, char** argv) {
     return UsageError(cmd, "--lanes must be between 1 and both --threads and --batch");
   const bool compare = args.Has("compare-base");
   if (compare && rank == 0) return UsageError(cmd, "--compare-base needs --lora-rank R > 0");
+  if (lora_count < 1 || lora_count > batch)
+    return UsageError(cmd, "--lora-adapters must be between 1 and --batch");
+  if (lora_count > 1 && rank == 0) return UsageError(cmd, "--lora-adapters needs --lora-rank R > 0");
   if (group < 0 || group % 32 != 0) return UsageError(cmd, "--group-size must be 0 or a multiple of 32");
   if (lora_group < 0 || lora_group % 32 != 0)
     return UsageError(cmd, "--lora-group-size must be 0 or a multiple of 32");
@@ -161,20 +174,24 @@ int RunBench(int argc, char** argv) {
   if (ptoks > c.max_seq_len || decode_start + gtoks > c.max_seq_len)
     return UsageError(cmd, "--prompt-tokens, or the decode context plus --gen-tokens, exceeds the "
                            "model context of " + std::to_string(c.max_seq_len));
-  std::shared_ptr<const LowRankAdapter> adapter;
-  if (rank > 0) {
+  std::vector<std::shared_ptr<const LowRankAdapter>> adapters;
+  std::vector<const LowRankAdapter*> with_adapters;  // what the sequences use with the adapters
+  for (int64_t i = 0; rank > 0 && i < lora_count; ++i) {
     WeightStorage fs;
     fs.bits = static_cast<int>(lora_bits);
     fs.group_size = static_cast<int>(lora_group);
-    auto a = MakeRandomAdapter("bench", c, static_cast<int>(rank), fs, static_cast<uint64_t>(seed) + 7);
+    auto a = MakeRandomAdapter("bench-" + std::to_string(i), c, static_cast<int>(rank), fs,
+                               static_cast<uint64_t>(seed) + 7 + static_cast<uint64_t>(i));
     if (!a.ok()) return Fail(cmd, a.status());
-    adapter = *a;
+    adapters.push_back(*a);
+    with_adapters.push_back(adapters.back().get());
   }
 
   std::vector<BenchLane> ls(static_cast<size_t>(lanes));
   for (int64_t i = 0; i < lanes; ++i) {
     BenchLane& l = ls[i];
     l.batch = batch / lanes + (i < batch % lanes ? 1 : 0);
+    l.first = i == 0 ? 0 : ls[i - 1].first + ls[i - 1].batch;
     l.pool = std::make_unique<ThreadPool>(static_cast<int>(threads / lanes));
     l.model = std::make_unique<Model>(weights, l.pool.get());
     l.cache = std::make_unique<KvCache>(
@@ -193,7 +210,8 @@ int RunBench(int argc, char** argv) {
     const int64_t rep = step / sides;
     // With --compare-base the side order alternates per repetition: A B, B A, ...
     const int side = sides == 1 ? 0 : static_cast<int>((step + rep) % 2);
-    const LowRankAdapter* use = side == 0 ? adapter.get() : nullptr;
+    static const std::vector<const LowRankAdapter*> kNone;
+    const std::vector<const LowRankAdapter*>& use = side == 0 ? with_adapters : kNone;
     const int use_rank = side == 0 ? static_cast<int>(rank) : 0;
     // Each lane runs the phases on its own thread (lane 0 on this one); the
     // barriers line the phases up, and this thread takes the times at them.
@@ -260,7 +278,13 @@ int RunBench(int argc, char** argv) {
     pre_over = paired_overhead(prefill_s);
     dec_over = gtoks > 0 ? paired_overhead(decode_s) : 0.0;
   }
-  const size_t wbytes = weights->DecodeBytesPerToken() + (adapter ? adapter->BytesPerToken(rank) : 0);
+  // Per lane step: the weights, and each adapter the lane's sequences use (every
+  // lane holds consecutive sequences); averaged over the lanes.
+  size_t lane_adapter_bytes = 0;
+  for (const BenchLane& l : ls)
+    for (int64_t i = 0; i < std::min<int64_t>(l.batch, lora_count) && !adapters.empty(); ++i)
+      lane_adapter_bytes += adapters[static_cast<size_t>((l.first + i) % lora_count)]->BytesPerToken(rank);
+  const size_t wbytes = weights->DecodeBytesPerToken() + lane_adapter_bytes / static_cast<size_t>(lanes);
   // Every lane reads the weights once per step of its own.
   const double steps_per_s = dec / static_cast<double>(batch) * static_cast<double>(lanes);
   const double gbs = steps_per_s * static_cast<double>(wbytes) / 1e9;
@@ -268,13 +292,13 @@ int RunBench(int argc, char** argv) {
   if (args.Has("json")) {
     std::printf(
         "{\"model\": \"%s\", \"format\": \"%s\", \"batch\": %lld, \"threads\": %lld, \"lanes\": %lld, "
-        "\"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"decode_context\": %lld, \"lora_rank\": %lld, \"lora_bits\": %lld, \"lora_group_size\": %lld, "
+        "\"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"decode_context\": %lld, \"lora_rank\": %lld, \"lora_bits\": %lld, \"lora_group_size\": %lld, \"lora_adapters\": %lld, "
         "\"prefill_tok_s\": %.2f, \"decode_tok_s\": %.2f, \"weight_bytes\": %zu, "
         "\"decode_gb_s\": %.3f, \"kv_dtype\": \"%s\", \"isa\": \"%s\"",
         name.c_str(), fmt.c_str(), static_cast<long long>(batch), static_cast<long long>(threads),
         static_cast<long long>(lanes), static_cast<long long>(ptoks), static_cast<long long>(gtoks),
         static_cast<long long>(decode_start), static_cast<long long>(rank),
-        static_cast<long long>(lora_bits), static_cast<long long>(lora_group), pre, dec, wbytes, gbs, KvDTypeName(*kv_dtype), KernelIsaName());
+        static_cast<long long>(lora_bits), static_cast<long long>(lora_group), static_cast<long long>(rank > 0 ? lora_count : 0), pre, dec, wbytes, gbs, KvDTypeName(*kv_dtype), KernelIsaName());
     if (compare)
       std::printf(", \"base_prefill_tok_s\": %.2f, \"base_decode_tok_s\": %.2f, \"base_weight_bytes\": %zu, "
                   "\"lora_prefill_overhead\": %.4f, \"lora_decode_overhead\": %.4f",
