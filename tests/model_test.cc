@@ -406,9 +406,11 @@ TEST(Model, LowRankMatchesMergedWeightsAndMixesInOneBatch) {
 }
 
 // Quantized factors (int8 activations on the A side, the int8 B side): a batch
-// that mixes two adapters and a plain sequence (ApplyLowRank, each run's rows
-// quantized once and its A rows split in whole panels) gives each sequence what it
-// gets alone (one adapter: its A products in the base products' region).
+// that mixes two adapters at several ranks and a plain sequence (ApplyLowRank:
+// each run's rows quantized once, the A rows of all runs split over the threads
+// in whole panels) gives each sequence what it gets alone (one adapter: its A
+// products in the base products' region). 300 tokens, so that the step is not
+// split by sequence (Model::ShardCount) and the runs share one step.
 TEST(Model, QuantizedFactorsMixedBatchEqualsEachAlone) {
   auto w = TinyModel();
   ThreadPool pool(2);
@@ -418,21 +420,31 @@ TEST(Model, QuantizedFactorsMixedBatchEqualsEachAlone) {
   auto ad1 = MakeRandomAdapter("one", m.config(), 20, q4, 21, 0.2f);
   auto ad2 = MakeRandomAdapter("two", m.config(), 16, q4, 22, 0.2f);
   ASSERT_TRUE(ad1.ok() && ad2.ok());
-  const auto ta = RandomTokens(7, 31, 97), tb = RandomTokens(5, 32, 97), tc = RandomTokens(4, 33, 97);
-  const auto ref_a = RunAlone(m, ta, ad1->get(), 18);
-  const auto ref_b = RunAlone(m, tb, ad2->get(), 16);
-  const auto ref_c = RunAlone(m, tc);
-  EXPECT_GT(MaxRelDiff(RunAlone(m, ta).data(), ref_a.data(), 97), 1e-3);  // the adapter matters
-  KvCache cache(m.config(), 256);
-  KvSequence s1 = cache.NewSequence(), s2 = cache.NewSequence(), s3 = cache.NewSequence();
-  std::vector<SequenceChunk> batch = {{&s1, ta, ad1->get(), 18, LogitsMode::kLast},
-                                      {&s2, tb, ad2->get(), 16, LogitsMode::kLast},
-                                      {&s3, tc, nullptr, 0, LogitsMode::kLast}};
+  struct Seq {
+    const LowRankAdapter* adapter;
+    int rank;
+  };
+  const Seq seqs[] = {{ad1->get(), 18}, {ad2->get(), 16}, {nullptr, 0},
+                      {ad1->get(), 7},  {ad2->get(), 16}, {ad1->get(), 18}};
+  constexpr int kTokens = 50;
+  KvCache cache(m.config(), 512);
+  std::vector<std::vector<int>> toks;
+  std::vector<KvSequence> kv;
+  std::vector<SequenceChunk> batch;
+  for (int i = 0; i < 6; ++i) {
+    toks.push_back(RandomTokens(kTokens, 40 + i, 97));
+    kv.push_back(cache.NewSequence());
+  }
+  for (int i = 0; i < 6; ++i) batch.push_back({&kv[i], toks[i], seqs[i].adapter, seqs[i].rank, LogitsMode::kLast});
+  ASSERT_FALSE(SmallStep(m.config(), 6 * kTokens));
   std::vector<float> logits;
   ASSERT_TRUE(m.Forward(batch, &cache, &logits).ok());
-  EXPECT_LT(MaxRelDiff(logits.data(), ref_a.data(), 97), 1e-5);
-  EXPECT_LT(MaxRelDiff(logits.data() + 97, ref_b.data(), 97), 1e-5);
-  EXPECT_LT(MaxRelDiff(logits.data() + 2 * 97, ref_c.data(), 97), 1e-5);
+  for (int i = 0; i < 6; ++i) {
+    const auto alone = RunAlone(m, toks[i], seqs[i].adapter, seqs[i].rank);
+    EXPECT_LT(MaxRelDiff(logits.data() + i * 97, alone.data(), 97), 1e-5) << "sequence " << i;
+  }
+  // The adapters matter (so the comparisons above are not vacuous).
+  EXPECT_GT(MaxRelDiff(RunAlone(m, toks[0]).data(), RunAlone(m, toks[0], ad1->get(), 18).data(), 97), 1e-3);
 }
 
 TEST(Generator, BatchOfRequestsEqualsEachAlone) {
