@@ -88,6 +88,7 @@ TEST(CliBench, UsageErrorsExit2) {
   EXPECT_EQ(Sh(eora + kSmall + " --lora-rank -1").rc, 2);
   EXPECT_EQ(Sh(eora + kSmall + " --reps 0").rc, 2);
   EXPECT_EQ(Sh(eora + kSmall + " --lora-rank 4 --lora-group-size 48").rc, 2);
+  EXPECT_EQ(Sh(eora + kSmall + " --lora-rank 4 --lora-bits 7").rc, 2);
   EXPECT_EQ(Sh(eora + kSmall + " --lora-rank 4 --lora-adapters 3").rc, 2);  // more than --batch 2
   EXPECT_EQ(Sh(eora + kSmall + " --lora-adapters 2").rc, 2);                // no --lora-rank
   EXPECT_EQ(Sh(eora + " bench --synthetic nosuchmodel").rc, 2);

@@ -85,7 +85,7 @@ int RunBench(int argc, char** argv) {
   args.Flag("group-size", "G", "64", "quantization group size (multiple of 32; 0 = per channel)");
   args.Switch("sparse24", "prune linear weights to 2:4 (magnitude) before storing them");
   args.Flag("lora-rank", "R", "0", "attach a random rank-R adapter to all linear layers; 0 = none");
-  args.Flag("lora-bits", "32|16|4|3", "16", "adapter factor storage");
+  args.Flag("lora-bits", "32|16|4|3|2", "16", "adapter factor storage: 32/16 dense float, 4/3/2 quantized (RTN)");
   args.Flag("lora-adapters", "N", "1", "with --lora-rank: N random adapters, sequence b using adapter b mod N "
                                        "(at most --batch)");
   args.Flag("lora-group-size", "G", std::to_string(kFactorGroupSize),
@@ -136,6 +136,8 @@ int RunBench(int argc, char** argv) {
     return UsageError(cmd, "--lora-adapters must be between 1 and --batch");
   if (lora_count > 1 && rank == 0) return UsageError(cmd, "--lora-adapters needs --lora-rank R > 0");
   if (group < 0 || group % 32 != 0) return UsageError(cmd, "--group-size must be 0 or a multiple of 32");
+  if (lora_bits != 32 && lora_bits != 16 && lora_bits != 4 && lora_bits != 3 && lora_bits != 2)
+    return UsageError(cmd, "--lora-bits must be 32, 16, 4, 3 or 2");
   if (lora_group < 0 || lora_group % 32 != 0)
     return UsageError(cmd, "--lora-group-size must be 0 or a multiple of 32");
   const absl::StatusOr<KvDType> kv_dtype = KvDTypeFlag(args);
