@@ -51,11 +51,11 @@ void MatMul(const Matrix& w, const float* x, int n, int ldx, float* y, int ldy, 
   MatMulShared({{&w, y, ldy}}, x, n, ldx, pool, scratch);
 }
 
-namespace {
+int DecodeChunksPerThread(size_t weight_bytes) {
+  return weight_bytes <= kOneChunkMaxBytes ? 1 : ThreadPool::kChunksPerThread;
+}
 
-// Products of at most this many activation rows read their weights once, as one
-// stream per thread (see MatMulSharedImpl).
-constexpr int kStreamRows = 4;
+namespace {
 
 // Shared by MatMulShared and MatMulSharedLowRank (lr empty or one term per output).
 void MatMulSharedImpl(const std::vector<MatMulOutput>& outs, const std::vector<LowRankTerm>& lr,
@@ -119,10 +119,13 @@ void MatMulSharedImpl(const std::vector<MatMulOutput>& outs, const std::vector<L
     // One chunk per thread (still claimed dynamically, so a late thread's chunk
     // runs on the caller) where chunks have a fixed cost: with low-rank terms every
     // chunk pays a B call per term it touches (each quantizing its v to int8) and a
-    // wait for u; and a decode-size product (n <= kStreamRows) streams its weights,
-    // where every chunk boundary restarts a stream.
-    const bool one_chunk = any_lr || n <= kStreamRows;
-    pool->ParallelFor(total, align, work, run, one_chunk ? 1 : ThreadPool::kChunksPerThread);
+    // wait for u; and a decode-size product (n <= kStreamRows) of at most
+    // kOneChunkMaxBytes streams its weights, where every chunk boundary restarts a
+    // stream.
+    size_t bytes = 0;
+    for (const auto& o : outs) bytes += o.w->StorageBytes();
+    const int cpt = any_lr ? 1 : n <= kStreamRows ? DecodeChunksPerThread(bytes) : ThreadPool::kChunksPerThread;
+    pool->ParallelFor(total, align, work, run, cpt);
   }
 }
 

@@ -191,6 +191,16 @@ struct MatMulScratch {
   std::unique_ptr<LowRankShare> lr = std::make_unique<LowRankShare>();
 };
 
+// Products of at most this many activation rows (decode) read their weights once,
+// as streams. Their parallel regions run one chunk per thread when the weights
+// are at most kOneChunkMaxBytes (a chunk boundary restarts the streams), and the
+// pool's default chunks per thread above that (a long region's join waits on the
+// slower core's share; dynamic chunks even it out). MatMulSharedImpl and the
+// model's fused gate/up region use DecodeChunksPerThread.
+inline constexpr int kStreamRows = 4;
+inline constexpr size_t kOneChunkMaxBytes = size_t{4} << 20;
+int DecodeChunksPerThread(size_t weight_bytes);
+
 // y[t][r] = W x[t] over all rows, parallel over rows. x is [n][ldx], y [n][ldy].
 void MatMul(const Matrix& w, const float* x, int n, int ldx, float* y, int ldy, ThreadPool* pool,
             MatMulScratch* scratch);

@@ -976,7 +976,8 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
     }
     if (gate_up_fused) PrepareLowRankU(gu, T, pool_->num_threads(), &mm_);
     const int align = std::max(wg.RowAlignment(), wu.RowAlignment());
-    // One chunk per thread with a low-rank term (see MatMulSharedImpl).
+    // One chunk per thread with a low-rank term, or for a decode-size step (see
+    // MatMulSharedImpl).
     pool_->ParallelFor(ffn, align, static_cast<int64_t>(T) * ffn * dim * 2,
                        [&](int, int64_t b, int64_t e) {
       if (gate_up_fused) ClaimLowRankU(gu, in, &mm_);
@@ -995,7 +996,9 @@ void Model::RunLayer(int l, const LayerWeights& L, const LayerFactors* override_
       for (int t = 0; t < T; ++t)
         SiluMul(gate_.data() + static_cast<size_t>(t) * ffn + b,
                 up_.data() + static_cast<size_t>(t) * ffn + b, static_cast<int>(e - b));
-    }, gate_up_fused ? 1 : ThreadPool::kChunksPerThread);
+    }, gate_up_fused ? 1
+       : T <= kStreamRows ? DecodeChunksPerThread(wg.StorageBytes() + wu.StorageBytes())
+                          : ThreadPool::kChunksPerThread);
   } else {
     MatMulShared(with_a({{&wg, gate_.data(), ffn}, {&wu, up_.data(), ffn}},
                         {Module::kGate, Module::kUp}),
