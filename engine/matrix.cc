@@ -122,9 +122,14 @@ void MatMulSharedImpl(const std::vector<MatMulOutput>& outs, const std::vector<L
     // wait for u; and a decode-size product (n <= kStreamRows) of at most
     // kOneChunkMaxBytes streams its weights, where every chunk boundary restarts a
     // stream.
-    size_t bytes = 0;
-    for (const auto& o : outs) bytes += o.w->StorageBytes();
-    const int cpt = any_lr ? 1 : n <= kStreamRows ? DecodeChunksPerThread(bytes) : ThreadPool::kChunksPerThread;
+    int cpt = ThreadPool::kChunksPerThread;
+    if (any_lr) {
+      cpt = 1;
+    } else if (n <= kStreamRows) {
+      size_t bytes = 0;
+      for (const auto& o : outs) bytes += o.w->StorageBytes();
+      cpt = DecodeChunksPerThread(bytes);
+    }
     pool->ParallelFor(total, align, work, run, cpt);
   }
 }

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <thread>
@@ -52,16 +53,6 @@ std::vector<std::string> VnniIsas() {
   return out;
 }
 
-// The ISAs whose kernel table has the int8 B side (quant_acc_t_i8).
-std::vector<std::string> Int8BSideIsas() {
-  const std::string saved = cpu::ActiveIsaName();
-  std::vector<std::string> out;
-  for (const std::string& isa : Isas())
-    if (cpu::SetActiveIsa(isa) && cpu::Kernels().quant_acc_t_i8 != nullptr) out.push_back(isa);
-  cpu::SetActiveIsa(saved);
-  return out;
-}
-
 // Restores the default ISA at the end of a test.
 class IsaGuard {
  public:
@@ -71,6 +62,23 @@ class IsaGuard {
  private:
   std::string saved_;
 };
+
+// Calls body(isa, bits) for bits 2, 3 and 4 under every ISA whose kernel table has
+// the int8 B side (quant_acc_t_i8), then restores the active ISA; stops at a fatal
+// failure. False when no ISA has it (the caller skips).
+bool ForEachInt8BSide(const std::function<void(const std::string&, int)>& body) {
+  IsaGuard guard;
+  bool any = false;
+  for (const std::string& isa : Isas()) {
+    if (!cpu::SetActiveIsa(isa) || cpu::Kernels().quant_acc_t_i8 == nullptr) continue;
+    any = true;
+    for (int bits : {2, 3, 4}) {
+      body(isa, bits);
+      if (::testing::Test::HasFatalFailure()) return any;
+    }
+  }
+  return any;
+}
 
 std::vector<float> RandomVec(size_t n, std::mt19937* rng, float scale = 1.f) {
   std::normal_distribution<float> dist(0.f, scale);
@@ -469,59 +477,49 @@ TEST(MatrixTest, AccumulateTransposedAllFormats) {
 TEST(MatrixTest, QuantAccumulateTransposedInt8SharedAcrossThreads) {
   // The int8 B side builds its rank-interleaved copy once, on first use, from
   // whichever thread gets there first; every thread then gets the same bits.
-  IsaGuard guard;
-  const std::vector<std::string> isas = Int8BSideIsas();
-  if (isas.empty()) GTEST_SKIP() << "no int8 B-side kernel on this CPU";
-  for (const std::string& isa : isas) {
-    ASSERT_TRUE(cpu::SetActiveIsa(isa));
-    for (int bits : {2, 3, 4}) {
-      const int rows = 64, cols = 333;
-      std::mt19937 rng(bits);
-      auto m = Build({Kind::kQuant, bits, 64}, rows, cols, &rng);
-      const auto* qm = dynamic_cast<const QuantMatrix*>(m.get());
-      ASSERT_NE(qm, nullptr);
-      EXPECT_EQ(qm->TransposedCopyBytes(), 0u);
-      const int n = 3, ldu = rows, ldy = cols;
-      const auto u = RandomVec(static_cast<size_t>(n) * ldu, &rng);
-      std::vector<std::vector<float>> ys(4, std::vector<float>(static_cast<size_t>(n) * ldy, 0.f));
-      std::vector<std::thread> ts;
-      for (int i = 0; i < 4; ++i)
-        ts.emplace_back([&, i] { m->AccumulateTransposed(u.data(), ldu, n, 48, ys[i].data(), ldy, 0, cols); });
-      for (auto& t : ts) t.join();
-      for (int i = 1; i < 4; ++i) ASSERT_EQ(ys[i], ys[0]) << "thread " << i;
-      // The codes at the matrix's own width (64 ranks x 16 columns x bits / 8 bytes per
-      // column block, 21 blocks), plus an F16 scale and min per group and rank.
-      EXPECT_EQ(qm->TransposedCopyBytes(), static_cast<size_t>(21 * 64 * 16 * bits / 8) + 2 * 2 * 6 * 64);
-    }
-  }
+  const bool ran = ForEachInt8BSide([&](const std::string&, int bits) {
+    const int rows = 64, cols = 333;
+    std::mt19937 rng(bits);
+    auto m = Build({Kind::kQuant, bits, 64}, rows, cols, &rng);
+    const auto* qm = dynamic_cast<const QuantMatrix*>(m.get());
+    ASSERT_NE(qm, nullptr);
+    EXPECT_EQ(qm->TransposedCopyBytes(), 0u);
+    const int n = 3, ldu = rows, ldy = cols;
+    const auto u = RandomVec(static_cast<size_t>(n) * ldu, &rng);
+    std::vector<std::vector<float>> ys(4, std::vector<float>(static_cast<size_t>(n) * ldy, 0.f));
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 4; ++i)
+      ts.emplace_back([&, i] { m->AccumulateTransposed(u.data(), ldu, n, 48, ys[i].data(), ldy, 0, cols); });
+    for (auto& t : ts) t.join();
+    for (int i = 1; i < 4; ++i) ASSERT_EQ(ys[i], ys[0]) << "thread " << i;
+    // The codes at the matrix's own width (64 ranks x 16 columns x bits / 8 bytes per
+    // column block, 21 blocks), plus an F16 scale and min per group and rank.
+    EXPECT_EQ(qm->TransposedCopyBytes(), static_cast<size_t>(21 * 64 * 16 * bits / 8) + 2 * 2 * 6 * 64);
+  });
+  if (!ran) GTEST_SKIP() << "no int8 B-side kernel on this CPU";
 }
 
 TEST(MatrixTest, QuantAccumulateTransposedRowsIndependentOfTheBatch) {
   // The int8 B side unpacks each unit once for up to 4 activation rows: a row's
   // result must not depend on how many rows come with it.
-  IsaGuard guard;
-  const std::vector<std::string> isas = Int8BSideIsas();
-  if (isas.empty()) GTEST_SKIP() << "no int8 B-side kernel on this CPU";
-  for (const std::string& isa : isas) {
-    ASSERT_TRUE(cpu::SetActiveIsa(isa));
-    for (int bits : {2, 3, 4}) {
-      const int rows = 64, cols = 333, n = 11, ldu = rows + 3, ldy = cols + 5;
-      std::mt19937 rng(40 + bits);
-      auto m = Build({Kind::kQuant, bits, 0}, rows, cols, &rng);
-      const auto u = RandomVec(static_cast<size_t>(n) * ldu, &rng);
-      for (int rank : {64, 40}) {
-        std::vector<float> all(static_cast<size_t>(n) * ldy, 0.f);
-        m->AccumulateTransposed(u.data(), ldu, n, rank, all.data(), ldy, 3, cols);
-        for (int t = 0; t < n; ++t) {
-          std::vector<float> one(static_cast<size_t>(ldy), 0.f);
-          m->AccumulateTransposed(u.data() + static_cast<size_t>(t) * ldu, ldu, 1, rank, one.data(), ldy, 3, cols);
-          for (int c = 0; c < ldy; ++c)
-            ASSERT_EQ(one[c], all[static_cast<size_t>(t) * ldy + c]) << isa << " bits " << bits << " rank " << rank
-                                                                        << " t " << t << " c " << c;
-        }
+  const bool ran = ForEachInt8BSide([&](const std::string& isa, int bits) {
+    const int rows = 64, cols = 333, n = 11, ldu = rows + 3, ldy = cols + 5;
+    std::mt19937 rng(40 + bits);
+    auto m = Build({Kind::kQuant, bits, 0}, rows, cols, &rng);
+    const auto u = RandomVec(static_cast<size_t>(n) * ldu, &rng);
+    for (int rank : {64, 40}) {
+      std::vector<float> all(static_cast<size_t>(n) * ldy, 0.f);
+      m->AccumulateTransposed(u.data(), ldu, n, rank, all.data(), ldy, 3, cols);
+      for (int t = 0; t < n; ++t) {
+        std::vector<float> one(static_cast<size_t>(ldy), 0.f);
+        m->AccumulateTransposed(u.data() + static_cast<size_t>(t) * ldu, ldu, 1, rank, one.data(), ldy, 3, cols);
+        for (int c = 0; c < ldy; ++c)
+          ASSERT_EQ(one[c], all[static_cast<size_t>(t) * ldy + c]) << isa << " bits " << bits << " rank " << rank
+                                                                      << " t " << t << " c " << c;
       }
     }
-  }
+  });
+  if (!ran) GTEST_SKIP() << "no int8 B-side kernel on this CPU";
 }
 
 TEST(MatrixTest, SharedLowRankRegionEqualsSeparatePasses) {

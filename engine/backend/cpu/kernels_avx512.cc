@@ -1090,25 +1090,6 @@ inline void QuantizeRankVector(const float* ut, const uint16_t* sc, const uint16
     const int words = (padded - j) >= 16 ? 4 : (padded - j) / 4;
     _mm_mask_storeu_epi32(qv + j / 4, static_cast<__mmask8>((1u << words) - 1u), q8);
   };
-  if (padded <= 64) {
-    // Up to 64 ranks (one group's v per call at the common ranks): v stays in
-    // registers between the two passes. Same arithmetic as below, same bits.
-    __m512 v[4];
-    EORA_UNROLL for (int i = 0; i < 4; ++i) {
-      const __mmask16 k = rank_mask(16 * i);
-      const __m512 uj = _mm512_maskz_loadu_ps(k, ut + 16 * i);
-      v[i] = _mm512_mul_ps(uj, LoadF16(k, sc + 16 * i));
-      amax = _mm512_max_ps(amax, _mm512_abs_ps(v[i]));
-      msum = _mm512_fmadd_ps(uj, LoadF16(k, mn + 16 * i), msum);
-    }
-    const float mx = _mm512_reduce_max_ps(amax);
-    const __m512 inv = _mm512_set1_ps(mx > 0.f ? 127.f / mx : 0.f);
-    EORA_UNROLL for (int i = 0; i < 4; ++i)
-      if (16 * i < padded) store(16 * i, v[i], inv);
-    *e = mx / 127.f;
-    *m = _mm512_reduce_add_ps(msum);
-    return;
-  }
   for (int j = 0; j < padded; j += 16) {
     const __mmask16 k = rank_mask(j);
     const __m512 uj = _mm512_maskz_loadu_ps(k, ut + j);
